@@ -1,0 +1,92 @@
+"""Augmentation presets (albumentations 2.x) and test-time-augmentation views.
+
+Presets work on uint8 HWC arrays and return uint8: normalisation happens on the model side, which
+keeps DataLoader transfers 4x smaller than float32. What the field has learned is encoded here:
+generator artifacts live in the pixels, so `forensic` never resizes (native-resolution crop or pad);
+blur and JPEG re-compression hit both classes alike so that neither becomes a class cue.
+
+- forensic: native-resolution random crop (pad if smaller), h-flip, JPEG re-compression, Gaussian blur
+- light:    native-resolution random crop (pad if smaller), h-flip only
+- resize:   resize the whole image to img_size, h-flip (the seeds' approach; destroys high-frequency traces)
+- none:     native-resolution centre crop only
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from competition.config import DataConfig
+
+PAD = cv2.BORDER_REFLECT_101  # pad small images by reflection, not with a constant border
+PRESETS = ("forensic", "light", "resize", "none")
+
+
+def build_train_transform(data: DataConfig, seed: int | None = None) -> A.Compose:
+    """The training pipeline of the configured preset."""
+    size = data.img_size
+    crop = A.RandomCrop(size, size, pad_if_needed=True, border_mode=PAD)
+    flip = A.HorizontalFlip(p=0.5)
+    if data.augment == "forensic":
+        steps = [
+            crop,
+            flip,
+            A.ImageCompression(compression_type="jpeg", quality_range=(data.jpeg_quality_min, 100), p=data.jpeg_p),
+            A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.1, 1.5), p=data.blur_p),
+        ]
+    elif data.augment == "light":
+        steps = [crop, flip]
+    elif data.augment == "resize":
+        steps = [A.Resize(size, size, interpolation=cv2.INTER_AREA), flip]
+    elif data.augment == "none":
+        steps = [A.CenterCrop(size, size, pad_if_needed=True, border_mode=PAD)]
+    else:
+        raise ValueError(f"unknown augmentation preset {data.augment!r}; choose one of {', '.join(PRESETS)}")
+    return A.Compose(steps, seed=seed)
+
+
+def build_eval_transform(data: DataConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """Deterministic eval geometry matching the preset: centre crop at native scale, or resize."""
+    size = data.img_size
+    if data.augment == "resize":
+        return A.Compose([A.Resize(size, size, interpolation=cv2.INTER_AREA)])
+    return A.Compose([A.CenterCrop(size, size, pad_if_needed=True, border_mode=PAD)])
+
+
+def five_crops(image: np.ndarray, size: int) -> np.ndarray:
+    """Four corner crops and the centre crop at native scale (padding first if the image is small)."""
+    h, w = image.shape[:2]
+    if h < size or w < size:
+        image = cv2.copyMakeBorder(image, 0, max(0, size - h), 0, max(0, size - w), PAD)
+        h, w = image.shape[:2]
+    cy, cx = (h - size) // 2, (w - size) // 2
+    corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size), (cy, cx)]
+    return np.stack([image[y:y + size, x:x + size] for y, x in corners])
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 HWC (or NHWC) array -> uint8 CHW (or NCHW) tensor."""
+    array = np.ascontiguousarray(image)
+    tensor = torch.from_numpy(array)
+    return tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
+
+
+def tta_views(name: str) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """Batch transforms (NCHW) for a TTA setting: identity, hflip (2 views) or d4 (8 views)."""
+    def rot_flip(k: int, flip: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        def view(x: torch.Tensor) -> torch.Tensor:
+            x = torch.rot90(x, k, dims=(2, 3)) if k else x
+            return torch.flip(x, dims=(3,)) if flip else x
+        return view
+
+    if name == "identity":
+        return [rot_flip(0, False)]
+    if name == "hflip":
+        return [rot_flip(0, False), rot_flip(0, True)]
+    if name == "d4":
+        return [rot_flip(k, f) for k in range(4) for f in (False, True)]
+    raise ValueError(f"unknown TTA views {name!r}; choose identity, hflip or d4")

@@ -1,0 +1,219 @@
+"""Image decoding and the Dataset: Pillow decode (EXIF orientation, any mode -> RGB), optional uint8 cache.
+
+The Dataset holds only an index (paths, labels); images are decoded on demand, or read from a
+memory-mapped uint8 cache when the images are small and all one size (CIFAKE: 32x32), which is
+decoded once, keyed by the file list, and reused by every fold and experiment.
+Undecodable images never crash a run: the sample comes back with `ok=False` and the reason, and
+the caller skips (training) or gives a fallback prediction (OOF/test), listing the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from competition.atomic import atomic_path, write_text
+from competition.augment import five_crops, to_tensor
+
+log = logging.getLogger(__name__)
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
+CACHE_MAX_SIDE = 128  # cache: auto only caches images whose sides are at most this
+CACHED, BAD, UNCACHED = 1, 0, 2  # cache states per row
+
+
+class BadImageError(RuntimeError):
+    """An image that cannot be decoded."""
+
+
+def decode_image(path: str) -> np.ndarray:
+    """Decode any image Pillow reads into uint8 RGB HWC, EXIF orientation applied, first frame only."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except FileNotFoundError:
+        raise BadImageError("file not found") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise BadImageError(f"{type(err).__name__}: {err}") from None
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Convert any Pillow mode to uint8 RGB: 16-bit scaled, transparency composited on white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if array.max() > 255 else 255.0
+        gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    array = np.asarray(img.convert("RGB"))
+    if array.ndim != 3 or array.shape[0] < 1 or array.shape[1] < 1:
+        raise BadImageError(f"decoded to shape {array.shape}")
+    return array
+
+
+def _cache_key(paths: list[str]) -> str:
+    """Hash of the file list with each file's size and mtime: a changed file invalidates the cache."""
+    digest = hashlib.sha1()
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def probe_small_images(paths: list[str], n: int = 64) -> tuple[int, int] | None:
+    """(h, w) if the first n readable images share one size of at most CACHE_MAX_SIDE, else None."""
+    sizes = set()
+    for path in paths[:n]:
+        try:
+            with Image.open(path) as img:
+                sizes.add((img.height, img.width))
+        except Exception:  # noqa: BLE001 - unreadable files are handled when decoding
+            continue
+    if len(sizes) != 1:
+        return None
+    h, w = sizes.pop()
+    return (h, w) if max(h, w) <= CACHE_MAX_SIDE else None
+
+
+class ImageCache:
+    """A uint8 (N, H, W, 3) memory-mapped array of decoded images plus a per-row state and reason.
+
+    `subset(rows)` gives a view over some rows (a fold) without copying any image.
+    """
+
+    def __init__(self, array: np.ndarray, states: np.ndarray, reasons: dict[int, str],
+                 rows: np.ndarray | None = None):
+        self.array, self.states, self.reasons = array, states, reasons
+        self.rows = np.arange(len(states)) if rows is None else np.asarray(rows)
+
+    def subset(self, rows: np.ndarray) -> "ImageCache":
+        """A view of these rows (indices into this cache)."""
+        return ImageCache(self.array, self.states, self.reasons, self.rows[rows])
+
+    def state(self, index: int) -> int:
+        """CACHED, BAD or UNCACHED for row `index` of this view."""
+        return int(self.states[self.rows[index]])
+
+    def image(self, index: int) -> np.ndarray:
+        """The cached image of row `index` (a private copy)."""
+        return np.array(self.array[self.rows[index]])
+
+    def reason(self, index: int) -> str:
+        """Why row `index` could not be decoded."""
+        return self.reasons.get(int(self.rows[index]), "undecodable")
+
+    @classmethod
+    def build(cls, paths: list[str], size: tuple[int, int], cache_dir: Path) -> "ImageCache":
+        """Open the cache for these files, decoding them once (atomically) if it does not exist yet."""
+        key = _cache_key(paths)
+        data_file = cache_dir / f"images_{key}_{size[0]}x{size[1]}.npy"
+        meta_file = data_file.with_suffix(".json")
+        if not (data_file.is_file() and meta_file.is_file()):
+            cls._write(paths, size, data_file, meta_file)
+        meta = json.loads(meta_file.read_text())
+        array = np.load(data_file, mmap_mode="r")
+        return cls(array, np.asarray(meta["states"], dtype=np.uint8), {int(k): v for k, v in meta["reasons"].items()})
+
+    @staticmethod
+    def _write(paths: list[str], size: tuple[int, int], data_file: Path, meta_file: Path) -> None:
+        """Decode every image into a new cache file; odd-sized ones stay UNCACHED, bad ones are BAD."""
+        states = np.full(len(paths), CACHED, dtype=np.uint8)
+        reasons: dict[int, str] = {}
+        with atomic_path(data_file) as tmp:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *size, 3))
+            for i, path in enumerate(tqdm(paths, desc=f"caching {len(paths)} images", mininterval=2)):
+                try:
+                    image = decode_image(path)
+                except BadImageError as err:
+                    states[i], reasons[i] = BAD, str(err)
+                    continue
+                if image.shape[:2] != size:
+                    states[i] = UNCACHED
+                    continue
+                array[i] = image
+            array.flush()
+            del array
+        write_text(meta_file, json.dumps({"states": states.tolist(), "reasons": reasons}))
+        log.info("cached %d images in %s (%d bad, %d odd-sized)", len(paths), data_file,
+                 int((states == BAD).sum()), int((states == UNCACHED).sum()))
+
+
+class ImageDataset(Dataset):
+    """Images by index: returns (uint8 CHW tensor or (crops, C, H, W), label, index, error string)."""
+
+    def __init__(self, paths: list[str], labels: np.ndarray | None, transform, cache: ImageCache | None = None,
+                 crops: int = 1, crop_size: int = 0):
+        self.paths = list(paths)
+        self.labels = np.zeros(len(self.paths), np.float32) if labels is None else np.asarray(labels, np.float32)
+        self.transform = transform
+        self.cache = cache
+        self.crops, self.crop_size = crops, crop_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int) -> np.ndarray:
+        """Decoded uint8 RGB image for a row (from the cache when it has it)."""
+        if self.cache is not None:
+            state = self.cache.state(index)
+            if state == CACHED:
+                return self.cache.image(index)
+            if state == BAD:
+                raise BadImageError(self.cache.reason(index))
+        return decode_image(self.paths[index])
+
+    def __getitem__(self, index: int):
+        error = ""
+        try:
+            image = self.load(index)
+        except BadImageError as err:
+            error = str(err) or "undecodable"
+            image = np.zeros((8, 8, 3), np.uint8)
+        if self.crops > 1:
+            out = to_tensor(five_crops(image, self.crop_size))
+        else:
+            out = to_tensor(self.transform(image=image)["image"])
+        return out, torch.tensor(self.labels[index]), index, error
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: seed the worker's augmentation from torch's per-worker seed."""
+    info = torch.utils.data.get_worker_info()
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+def open_cache(paths: list[str], mode: str, cache_dir: Path) -> ImageCache | None:
+    """The uint8 cache for these files when the config asks for it (auto: small same-sized images)."""
+    if mode == "none" or not paths:
+        return None
+    size = probe_small_images(paths)
+    if size is None:
+        if mode == "memmap":
+            log.warning("data.cache=memmap but images are not small and same-sized; reading from disk")
+        return None
+    return ImageCache.build(paths, size, cache_dir)

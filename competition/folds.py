@@ -1,0 +1,104 @@
+"""K-fold splits of train.csv, written once to folds/ and read by every experiment (never re-split).
+
+    python -m competition.folds                 # folds for competition.yaml's settings
+    python -m competition.folds folds.n_splits=10 folds.seed=7
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from competition import ROOT
+from competition.atomic import write_csv
+from competition.config import Config, ConfigError, load_config
+from competition.tables import DataError, load_train_table
+
+log = logging.getLogger(__name__)
+
+FOLDS_DIR = ROOT / "folds"
+
+
+def folds_file(cfg: Config):
+    """Path of the folds file for this competition, K, seed and grouping."""
+    group = f"_g-{cfg.folds.group_column}" if cfg.folds.group_column else ""
+    return FOLDS_DIR / f"{cfg.competition.name}_k{cfg.folds.n_splits}_s{cfg.folds.seed}{group}.csv"
+
+
+def make_folds(cfg: Config, train: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Assign a stratified (grouped when configured) fold to every training row: `id, label, fold`."""
+    train = load_train_table(cfg.competition) if train is None else train
+    k, seed, group_col = cfg.folds.n_splits, cfg.folds.seed, cfg.folds.group_column
+    if train["label"].value_counts().min() < k:
+        raise DataError(f"{k} folds need at least {k} images of each class; got {train['label'].value_counts().to_dict()}")
+    folds = train[["id", "label"]].copy()
+    folds["fold"] = -1
+    if group_col:
+        if group_col not in train.columns:
+            raise DataError(f"`folds.group_column: {group_col}` is not a column of train.csv ({', '.join(train.columns)})")
+        folds["group"] = train[group_col].astype(str).values
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = splitter.split(folds, folds["label"], groups=folds["group"])
+    else:
+        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(folds, folds["label"])
+    for fold, (_, val_idx) in enumerate(splits):
+        folds.iloc[val_idx, folds.columns.get_loc("fold")] = fold
+    if group_col:
+        crossing = folds.groupby("group")["fold"].nunique()
+        assert (crossing == 1).all(), f"groups cross folds: {list(crossing[crossing > 1].index[:5])}"
+    return folds
+
+
+def summarize_folds(folds: pd.DataFrame) -> str:
+    """One line per fold: size and AI share."""
+    stats = folds.groupby("fold")["label"].agg(["size", "mean"])
+    return "; ".join(f"fold {f}: {int(r['size'])} images, {r['mean']:.1%} AI" for f, r in stats.iterrows())
+
+
+def ensure_folds(cfg: Config) -> pd.DataFrame:
+    """Load the folds file, building and writing it first if it does not exist."""
+    path = folds_file(cfg)
+    if not path.is_file():
+        folds = make_folds(cfg)
+        write_csv(path, folds)
+        log.info("wrote %s (%d rows): %s", path, len(folds), summarize_folds(folds))
+    return load_folds(cfg)
+
+
+def load_folds(cfg: Config) -> pd.DataFrame:
+    """Read the folds file and check it covers exactly the current training table."""
+    path = folds_file(cfg)
+    if not path.is_file():
+        raise DataError(f"{path} not found - run `python -m competition.folds` first")
+    folds = pd.read_csv(path, dtype={"id": str})
+    missing = {"id", "label", "fold"} - set(folds.columns)
+    if missing:
+        raise DataError(f"{path}: columns {sorted(missing)} missing - delete the file and rebuild the folds")
+    return folds
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: write the folds file for competition.yaml (+ overrides)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. folds.n_splits=10")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the folds file exists")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        cfg = load_config("", args.overrides)
+        if args.force:
+            folds_file(cfg).unlink(missing_ok=True)
+        folds = ensure_folds(cfg)
+    except (ConfigError, DataError) as err:
+        log.error("%s", err)
+        return 2
+    log.info("%s: %s", folds_file(cfg), summarize_folds(folds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""experiments/LEADERBOARD.md: every experiment ranked by its OOF score, and every blend by its OOF score.
+
+Regenerated from the metrics.json of each experiment and the .json sidecar of each submission, so it
+is always a pure function of what is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from competition import ROOT
+from competition.atomic import write_text
+from competition.config import EXPERIMENTS_DIR
+from competition.metrics import greater_is_better
+
+log = logging.getLogger(__name__)
+
+LEADERBOARD = EXPERIMENTS_DIR / "LEADERBOARD.md"
+SUBMISSIONS_DIR = ROOT / "submissions"
+
+
+REQUIRED = ("experiment", "metric", "oof_score", "fold_mean", "fold_std", "oof", "model", "img_size", "epochs",
+            "tta", "wall_s")
+
+
+def load_metrics(directory: Path = EXPERIMENTS_DIR) -> list[dict]:
+    """metrics.json of every experiment folder that has a complete one (others are logged and skipped)."""
+    out = []
+    for path in sorted(directory.glob("*/metrics.json")):
+        data = json.loads(path.read_text())
+        missing = [k for k in REQUIRED if k not in data]
+        if missing:
+            log.warning("%s: not on the leaderboard, missing %s", path, ", ".join(missing))
+            continue
+        out.append(data)
+    return out
+
+
+def load_blends(directory: Path = SUBMISSIONS_DIR) -> list[dict]:
+    """Sidecars of every blend written by competition.ensemble."""
+    out = []
+    for path in sorted(directory.glob("*.json")):
+        data = json.loads(path.read_text())
+        if "members" in data:
+            out.append({**data, "file": path.with_suffix(".csv").name})
+    return out
+
+
+def _rank(rows: list[dict], key: str) -> list[dict]:
+    """Rows sorted best-first by `key`, per each row's metric direction (NaN last)."""
+    def sort_key(row: dict) -> float:
+        value = row.get(key)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return math.inf
+        return -value if greater_is_better(row.get("metric", "auc")) else value
+    return sorted(rows, key=sort_key)
+
+
+def _fmt(value, digits: int = 5) -> str:
+    """Number formatting for the table ('' for missing)."""
+    if value is None:
+        return ""
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def render(experiments: list[dict], blends: list[dict]) -> str:
+    """The leaderboard as markdown."""
+    lines = ["# Leaderboard", "", "Experiments ranked by out-of-fold score (regenerated after every run).", "",
+             "| rank | experiment | metric | OOF score | fold mean ± std | OOF AUC | backbone | img size | "
+             "augment | epochs (run) | TTA gain | wall min | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, m in enumerate(_rank(experiments, "oof_score"), 1):
+        size = f"{m['img_size']}" + (f" x{m['input_upscale']}" if m.get("input_upscale", 1) > 1 else "")
+        note = [] if m.get("complete", True) else [f"partial: folds {m['folds_run']}"]
+        if m.get("bad_train_images") or m.get("bad_test_images"):
+            note.append(f"bad images: {m.get('bad_train_images', 0)} train / {m.get('bad_test_images', 0)} test")
+        if m.get("description"):
+            note.append(m["description"])
+        lines.append(
+            f"| {i} | {m['experiment']} | {m['metric']} | {_fmt(m['oof_score'])} | "
+            f"{_fmt(m['fold_mean'])} ± {_fmt(m['fold_std'])} | {_fmt(m['oof']['auc'])} | {m['model']} | {size} | "
+            f"{m.get('augment', '')} | {m['epochs']} ({'/'.join(map(str, m.get('epochs_run', [])))}) | "
+            f"{m['tta']['gain']:+.5f} ({m['tta']['views']}) | {m['wall_s'] / 60:.1f} | {'; '.join(note)} |")
+    if blends:
+        lines += ["", "## Blends", "",
+                  "Nested score: weights/threshold fitted on K-1 folds' OOF, scored on the held-out fold.", "",
+                  "| rank | submission | method | metric | OOF score | nested OOF (mean ± std) | members |",
+                  "|---|---|---|---|---|---|---|"]
+        for i, b in enumerate(_rank(blends, "oof_score"), 1):
+            nested = b.get("nested")
+            nested_txt = f"{_fmt(nested['mean'])} ± {_fmt(nested['std'])}" if nested else ""
+            lines.append(f"| {i} | {b['file']} | {b['method']} | {b['metric']} | {_fmt(b['oof_score'])} | "
+                         f"{nested_txt} | {', '.join(b['members'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(path: Path = LEADERBOARD) -> Path:
+    """Regenerate the leaderboard file from disk."""
+    write_text(path, render(load_metrics(path.parent), load_blends()))
+    log.info("leaderboard: %s", path)
+    return path
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    print(Path(write_leaderboard()).read_text())  # noqa: T201 - CLI output

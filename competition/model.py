@@ -1,0 +1,111 @@
+"""Model factory: any timm backbone with one logit, pretrained from a local file or the hub.
+
+The returned `Detector` takes uint8 NCHW images and owns normalisation (mean/std from the weights'
+pretrained config) and the optional integer nearest-neighbour upscale for tiny inputs, so the data
+path ships compact uint8 tensors and never needs to know the backbone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from competition.config import ModelConfig, resolve_path
+
+log = logging.getLogger(__name__)
+
+
+class Detector(nn.Module):
+    """uint8 images -> normalise -> (upscale) -> backbone -> one logit per image (AI-generated)."""
+
+    def __init__(self, backbone: nn.Module, mean: tuple, std: tuple, upscale: int = 1):
+        super().__init__()
+        self.backbone = backbone
+        self.upscale = upscale
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)  # saved with the weights
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)  # saved with the weights
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.float() - self.mean) / self.std
+        if self.upscale > 1:
+            x = F.interpolate(x, scale_factor=self.upscale, mode="nearest")
+        return self.backbone(x).squeeze(1)
+
+
+def local_weights(cfg: ModelConfig) -> tuple[Path | None, dict]:
+    """(weights file, models.json entry) for cfg.name: pretrained_file wins, else weights_dir/models.json."""
+    if cfg.pretrained_file:
+        return resolve_path(cfg.pretrained_file), {}
+    index = resolve_path(cfg.weights_dir) / "models.json"
+    if not index.is_file():
+        return None, {}
+    for entry in json.loads(index.read_text()).get("models", []):
+        if entry.get("timm_model") == cfg.name:
+            return index.parent / entry["file"], entry
+    return None, {}
+
+
+def build_model(cfg: ModelConfig, quiet: bool = False) -> Detector:
+    """Create the timm backbone (one output), load weights as configured, wrap it in a Detector."""
+    kwargs: dict = {"num_classes": 1, "drop_rate": cfg.drop_rate}
+    if cfg.drop_path_rate > 0:
+        kwargs["drop_path_rate"] = cfg.drop_path_rate
+    file, entry = local_weights(cfg) if cfg.pretrained else (None, {})
+    kwargs.update(entry.get("create_model_kwargs", {}))
+    if cfg.pretrained and file is not None:
+        if not file.is_file():
+            raise FileNotFoundError(f"weights file {file} not found; fix model.pretrained_file or model.weights_dir")
+        overlay = {"file": str(file)}
+        if entry.get("mean"):
+            overlay.update(mean=tuple(entry["mean"]), std=tuple(entry["std"]))
+        backbone = timm.create_model(cfg.name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        log.info("%s: ImageNet weights from %s", cfg.name, file)
+    elif cfg.pretrained:
+        try:
+            backbone = timm.create_model(cfg.name, pretrained=True, **kwargs)
+        except Exception as err:  # noqa: BLE001 - hub failures come in many types
+            raise RuntimeError(
+                f"{cfg.name}: pretrained weights could not be loaded from the hub ({type(err).__name__}: {err}); "
+                f"offline? set model.pretrained_file to a local .safetensors/.pth, or model.pretrained=false"
+            ) from None
+        log.info("%s: ImageNet weights from the hub", cfg.name)
+    else:
+        backbone = timm.create_model(cfg.name, pretrained=False, **kwargs)
+        if not quiet:
+            log.info("%s: random initialisation (model.pretrained=false)", cfg.name)
+    _reset_head(backbone)
+    data_cfg = timm.data.resolve_data_config({}, model=backbone)
+    return Detector(backbone, tuple(data_cfg["mean"]), tuple(data_cfg["std"]), cfg.input_upscale)
+
+
+def _reset_head(backbone: nn.Module) -> None:
+    """Zero the new one-logit head: timm's fan-out init gives a 1-output head weights of +-1 and
+    initial logits of magnitude ~5 (BCE loss ~6 at step 0); zeros start every image at p=0.5."""
+    head = backbone.get_classifier()
+    if isinstance(head, nn.Linear):
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+
+
+def pick_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    return torch.device(name)
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16 if supported (else fp16) on CUDA with amp=auto; None (fp32) on CPU or amp=off."""
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16

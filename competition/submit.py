@@ -1,0 +1,99 @@
+"""Validate a submission file against sample_submission.csv, then upload it with the kaggle CLI.
+
+    python -m competition.submit submissions/<name>.csv -m "message" [--dry-run]
+
+The kaggle CLI (kaggle 2.x) reads credentials from ~/.kaggle/kaggle.json (or $KAGGLE_CONFIG_DIR) or
+KAGGLE_USERNAME / KAGGLE_KEY. Credentials are never printed or logged. The command is run as an
+argument list (no shell), so no user string is ever interpreted by a shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from competition.config import CompetitionConfig, ConfigError, load_config
+from competition.submission import SubmissionError, validate_submission
+from competition.tables import DataError
+
+log = logging.getLogger(__name__)
+
+
+class UploadError(RuntimeError):
+    """The upload failed; the message says why and what to do."""
+
+
+def explain_failure(output: str, slug: str) -> str:
+    """Map kaggle CLI failure output to a message saying what to do (credentials never echoed)."""
+    text = output.lower()
+    if "kaggle.json" in text or "could not find" in text and "credential" in text or "401" in text \
+            or "unauthorized" in text:
+        return ("no valid Kaggle credentials: put kaggle.json (from kaggle.com > Settings > API > Create New Token) "
+                "in ~/.kaggle/ with mode 600, or set KAGGLE_USERNAME and KAGGLE_KEY")
+    if "403" in text or "forbidden" in text:
+        return (f"403 Forbidden: accept the rules of '{slug}' on its Kaggle page (Join Competition), "
+                f"and check that competition.slug is right")
+    if "404" in text or "not found" in text:
+        return f"404: no competition '{slug}' - check competition.slug in competition.yaml"
+    if "400" in text or "bad request" in text:
+        return ("400 Bad Request: the daily submission limit may be reached, or Kaggle rejected the file format; "
+                "check the competition's Submissions page")
+    return "upload failed: " + output.strip().splitlines()[-1][:300] if output.strip() else "upload failed"
+
+
+def upload(path: Path, message: str, slug: str, kaggle: str = "kaggle") -> str:
+    """Run `kaggle competitions submit`; return its output or raise UploadError with advice."""
+    exe = shutil.which(kaggle)
+    if exe is None:
+        raise UploadError("the kaggle CLI is not installed in this environment: pip install kaggle six")
+    if not slug:
+        raise UploadError("competition.slug is empty in competition.yaml: set it to the competition's URL name")
+    cmd = [exe, "competitions", "submit", "-c", slug, "-f", str(path), "-m", message]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+    output = (proc.stdout or "") + (proc.stderr or "")
+    for secret in (os.environ.get("KAGGLE_KEY"),):
+        if secret:
+            output = output.replace(secret, "***")
+    if proc.returncode != 0 or "error" in output.lower():
+        raise UploadError(explain_failure(output, slug))
+    return output.strip()
+
+
+def submit(path: Path, message: str, comp: CompetitionConfig, dry_run: bool = False) -> str:
+    """Validate the file, then upload it unless dry_run."""
+    if not path.is_file():
+        raise SubmissionError(f"{path} not found")
+    frame = pd.read_csv(path, dtype={comp.id_column: str})
+    validate_submission(frame, comp)
+    log.info("%s: valid (%d rows)", path, len(frame))
+    if dry_run:
+        return "dry run: validated, not uploaded"
+    return upload(path, message, comp.slug)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("file", type=Path)
+    parser.add_argument("-m", "--message", default="", help="submission description shown on Kaggle")
+    parser.add_argument("--dry-run", action="store_true", help="validate only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        comp = load_config().competition
+        log.info("%s", submit(args.file, args.message or args.file.stem, comp, args.dry_run))
+    except (SubmissionError, UploadError, ConfigError, DataError) as err:
+        log.error("%s: %s", args.file, err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

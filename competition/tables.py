@@ -1,0 +1,208 @@
+"""Competition tables: train/test/sample-submission CSVs or class folders, read and checked.
+
+Every table comes out tidy: `id` (the path as the competition writes it), `path` (absolute, inside the
+data folder), and `label` for training rows. Problems are found here, before any training, and
+reported naming the file, the first offending rows and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from competition.config import CompetitionConfig, resolve_path
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+class DataError(ValueError):
+    """A data table is unusable; the message names the file, the rows and the fix."""
+
+
+def data_dir(comp: CompetitionConfig) -> Path:
+    """The competition's data folder, checked to exist."""
+    path = resolve_path(comp.data_dir)
+    if not path.is_dir():
+        raise DataError(
+            f"data folder {path} not found; download the competition there or set `competition.data_dir` "
+            f"in competition.yaml"
+        )
+    return path
+
+
+def _rows(frame: pd.DataFrame, mask: pd.Series, column: str, n: int = 5) -> str:
+    """Describe the first offending rows as `row 12 ('a.jpg')` (1-based data rows, header excluded)."""
+    bad = frame.loc[mask, column].head(n)
+    more = int(mask.sum()) - len(bad)
+    text = ", ".join(f"row {i + 1} ({v!r})" for i, v in bad.items())
+    return text + (f" and {more} more" if more > 0 else "")
+
+
+def _require_columns(frame: pd.DataFrame, columns: list[str], file: Path, key: str) -> None:
+    """Raise naming the missing column, the closest existing one and the config key to change."""
+    for col in columns:
+        if col not in frame.columns:
+            close = difflib.get_close_matches(col, [str(c) for c in frame.columns], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise DataError(
+                f"{file}: column {col!r} missing (columns: {', '.join(map(str, frame.columns))}){hint} "
+                f"- rename it in the file or set `competition.{key}` in competition.yaml"
+            )
+
+
+def _resolve_paths(frame: pd.DataFrame, root: Path, file: Path) -> pd.Series:
+    """Absolute paths for `frame.id`, refusing any that escape the data folder (../, absolute, symlinks)."""
+    root_real = os.path.realpath(root)
+    paths = [os.path.realpath(os.path.join(root_real, str(rel))) for rel in frame["id"]]
+    escaping = pd.Series([os.path.isabs(str(r)) or not p.startswith(root_real + os.sep)
+                          for r, p in zip(frame["id"], paths)], index=frame.index)
+    if escaping.any():
+        raise DataError(
+            f"{file}: {int(escaping.sum())} path(s) escape the data folder {root}: "
+            f"{_rows(frame, escaping, 'id')} - use paths relative to the data folder, without '..' or links"
+        )
+    return pd.Series(paths, index=frame.index)
+
+
+def _check_ids(frame: pd.DataFrame, file: Path) -> None:
+    """Refuse empty tables, empty and duplicated ids."""
+    if frame.empty:
+        raise DataError(f"{file}: no rows; is this the right file?")
+    empty = frame["id"].isna() | (frame["id"].astype(str).str.strip() == "")
+    if empty.any():
+        raise DataError(f"{file}: empty image path in {_rows(frame, empty, 'id')} - fill or drop those rows")
+    dup = frame["id"].duplicated(keep=False)
+    if dup.any():
+        raise DataError(f"{file}: {int(dup.sum())} rows share an id: {_rows(frame, dup, 'id')} - drop the duplicates")
+
+
+def _check_files(frame: pd.DataFrame, file: Path, fatal: bool) -> pd.Series:
+    """Mask of rows whose image file is missing; raise when fatal."""
+    missing = ~frame["path"].map(os.path.isfile)
+    if missing.any():
+        msg = (f"{file}: {int(missing.sum())} image file(s) not found: {_rows(frame, missing, 'id')} - "
+               f"restore the files or drop those rows")
+        if fatal:
+            raise DataError(msg)
+        log.warning(msg + "; they get the fallback prediction")
+    return missing
+
+
+def _check_labels(frame: pd.DataFrame, file: Path, column: str) -> pd.Series:
+    """Labels as int 0/1, refusing NaN and anything else."""
+    labels = pd.to_numeric(frame[column], errors="coerce")
+    bad = ~labels.isin([0, 1])
+    if bad.any():
+        shown = frame.assign(_lab=frame[column])
+        raise DataError(
+            f"{file}: label column {column!r} must be 0 (human) or 1 (AI) in every row; bad values in "
+            f"{_rows(shown, bad, '_lab')} - fix or drop those rows"
+        )
+    return labels.astype(int)
+
+
+def _list_images(folder: Path) -> list[str]:
+    """Image files below folder, as sorted paths relative to folder's parent data dir."""
+    return sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _train_from_folders(comp: CompetitionConfig, root: Path) -> pd.DataFrame:
+    """Build a training table from class folders (e.g. real/ -> 0, fake/ -> 1)."""
+    rows = []
+    for folder, label in comp.class_folders.items():
+        if label not in (0, 1):
+            raise DataError(f"competition.class_folders: label for {folder!r} must be 0 or 1, got {label!r}")
+        path = root / folder
+        if not path.is_dir():
+            raise DataError(f"class folder {path} not found - fix `competition.class_folders` in competition.yaml")
+        files = _list_images(path)
+        if not files:
+            raise DataError(f"class folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        rows += [(os.path.relpath(f, root), label) for f in files]
+    return pd.DataFrame(rows, columns=["id", "label"])
+
+
+def load_train_table(comp: CompetitionConfig) -> pd.DataFrame:
+    """Training rows as `id, path, label` (+ `group` when the CSV has a group column), checked."""
+    root = data_dir(comp)
+    if comp.train_csv:
+        file = root / comp.train_csv
+        if not file.is_file():
+            raise DataError(f"{file} not found - set `competition.train_csv` (or class_folders) in competition.yaml")
+        raw = pd.read_csv(file)
+        _require_columns(raw, [comp.path_column], file, "path_column")
+        _require_columns(raw, [comp.label_column], file, "label_column")
+        frame = pd.DataFrame({"id": raw[comp.path_column].astype(str)})
+        frame["label"] = _check_labels(raw, file, comp.label_column)
+        for col in raw.columns:
+            if col not in (comp.path_column, comp.label_column) and not str(col).startswith("Unnamed"):
+                frame[col] = raw[col].values
+    elif comp.class_folders:
+        file = root
+        frame = _train_from_folders(comp, root)
+    else:
+        raise DataError("competition.yaml: set `competition.train_csv` or `competition.class_folders`")
+    _check_ids(frame, file)
+    frame["path"] = _resolve_paths(frame, root, file)
+    _check_files(frame, file, fatal=True)
+    return frame
+
+
+def load_test_table(comp: CompetitionConfig) -> pd.DataFrame:
+    """Test rows as `id, path, missing`, in the competition's order; missing files are kept, flagged."""
+    root = data_dir(comp)
+    if comp.test_csv:
+        file = root / comp.test_csv
+        if not file.is_file():
+            raise DataError(f"{file} not found - set `competition.test_csv` (or test_folder) in competition.yaml")
+        raw = pd.read_csv(file)
+        _require_columns(raw, [comp.test_path_column], file, "test_path_column")
+        frame = pd.DataFrame({"id": raw[comp.test_path_column].astype(str)})
+    elif comp.test_folder:
+        file = root / comp.test_folder
+        frame = pd.DataFrame({"id": [os.path.relpath(f, root) for f in _list_images(file)]})
+    else:
+        raise DataError("competition.yaml: set `competition.test_csv` or `competition.test_folder`")
+    _check_ids(frame, file)
+    frame["path"] = _resolve_paths(frame, root, file)
+    frame["missing"] = _check_files(frame, file, fatal=False)
+    check_test_matches_sample(comp, frame)
+    return frame
+
+
+def load_sample_submission(comp: CompetitionConfig) -> pd.DataFrame | None:
+    """The sample submission (id and target columns checked), or None when the competition has none."""
+    if not comp.sample_submission:
+        return None
+    file = data_dir(comp) / comp.sample_submission
+    if not file.is_file():
+        raise DataError(f"{file} not found - set `competition.sample_submission` (\"\" if there is none)")
+    frame = pd.read_csv(file)
+    _require_columns(frame, [comp.id_column], file, "id_column")
+    _require_columns(frame, [comp.target_column], file, "target_column")
+    return frame
+
+
+def check_test_matches_sample(comp: CompetitionConfig, test: pd.DataFrame) -> None:
+    """Refuse a test table whose ids are not exactly the sample submission's (set and order)."""
+    sample = load_sample_submission(comp)
+    if sample is None:
+        return
+    ids = sample[comp.id_column].astype(str)
+    file = data_dir(comp) / comp.test_csv if comp.test_csv else comp.test_folder
+    extra = sorted(set(test["id"]) - set(ids))
+    absent = sorted(set(ids) - set(test["id"]))
+    if extra or absent:
+        raise DataError(
+            f"{file}: test ids do not match {comp.sample_submission}: {len(extra)} not in the sample "
+            f"(e.g. {extra[:3]}), {len(absent)} missing from the test table (e.g. {absent[:3]}) - "
+            f"use the test table that came with this sample submission"
+        )
+    if not (test["id"].values == ids.values).all():
+        log.info("%s: test rows are not in sample-submission order; submissions follow the sample's order", file)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The kit's one entry point.
+#   ./run.sh exp001 [section.key=value ...] [--restart]   train every fold, OOF + TTA test preds, leaderboard
+#   ./run.sh test [pytest args]                           the test suite (what .ci/run calls)
+#   ./run.sh folds | ensemble | submit | audit | leaderboard [args]   python -m competition.<that>
+# Python: $KIT_PYTHON if set (e.g. KIT_PYTHON=python3 on a machine that already has torch/timm),
+# else .venv, created from requirements.txt on first use and refreshed when requirements.txt changes.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [[ -n "${KIT_PYTHON:-}" ]]; then
+  PY="$KIT_PYTHON"
+else
+  PY=.venv/bin/python
+  stamp=.venv/.requirements.sha256
+  want=$(sha256sum requirements.txt | cut -d' ' -f1)
+  if [[ ! -x "$PY" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    echo "run.sh: setting up .venv from requirements.txt (first use: a few minutes)" >&2
+    python3 -m venv .venv
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet -r requirements.txt
+    echo "$want" > "$stamp"
+  fi
+fi
+
+# glibc keeps large buffers instead of returning and refaulting them (~1.5x on CPU, see README).
+export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-1073741824}"
+export MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-4294967296}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+cmd="${1:-}"
+[[ -n "$cmd" ]] || { sed -n '2,7p' "$0"; exit 2; }
+shift
+case "$cmd" in
+  test) exec "$PY" -m pytest tests "$@" ;;
+  folds|ensemble|submit|audit|leaderboard) exec "$PY" -m "competition.$cmd" "$@" ;;
+  *) exec "$PY" -m competition.experiment "$cmd" "$@" ;;
+esac

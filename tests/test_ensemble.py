@@ -1,0 +1,78 @@
+"""Ensembling: nested CV keeps fitted blends honest; members must share folds; output is a valid submission."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from competition.ensemble import Members, evaluate_method, nested_scores
+from tests.conftest import run_kit
+
+
+def noise_members(n=600, m=12, seed=0) -> Members:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return Members(names=[f"m{j}" for j in range(m)], oof=rng.uniform(0.01, 0.99, (n, m)),
+                   test=rng.uniform(size=(10, m)), target=y, fold=np.arange(n) % 5, ids=pd.Series(range(n)).astype(str),
+                   test_ids=pd.Series(range(10)).astype(str), metric="auc")
+
+
+@pytest.mark.parametrize("method", ["hill", "optimize", "stack"])
+def test_nested_score_of_fitted_blend_on_noise_stays_at_chance(method):
+    members = noise_members()
+    result = evaluate_method(method, members)
+    assert abs(result["nested"]["mean"] - 0.5) < 0.04  # honest: noise blends score like a coin
+    assert result["in_sample"] > result["nested"]["mean"] + 0.03  # the in-sample score flatters
+
+
+def test_nested_scores_recover_real_signal():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 1000)
+    good = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.2, 1000), 0.01, 0.99)
+    x = np.column_stack([good, rng.uniform(0.01, 0.99, 1000)])
+    scores = nested_scores("hill", x, y, np.arange(1000) % 5, "auc")
+    assert np.mean(scores) > 0.75
+
+
+def fake_experiment(home, name, folds, ids, target, test_ids, seed):
+    rng = np.random.default_rng(seed)
+    out = home / "experiments" / name
+    out.mkdir(parents=True)
+    prob = np.clip(0.5 + 0.3 * (target - 0.5) + rng.normal(0, 0.25, len(ids)), 0, 1)
+    pd.DataFrame({"id": ids, "fold": folds, "target": target, "prob": prob}).to_csv(out / "oof.csv", index=False)
+    pd.DataFrame({"id": test_ids, "prob": rng.uniform(size=len(test_ids))}).to_csv(out / "test.csv", index=False)
+    (out / "metrics.json").write_text(json.dumps({"complete": True}))
+
+
+@pytest.fixture
+def blend_home(home):
+    train = pd.read_csv(home / "data" / "train.csv", index_col=0)
+    test_ids = pd.read_csv(home / "data" / "test.csv", index_col=0)["id"]
+    folds = np.arange(len(train)) % 2
+    for i, name in enumerate(("eA", "eB", "eC")):
+        fake_experiment(home, name, folds, train["file_name"], train["label"].to_numpy(), test_ids.sample(frac=1, random_state=i), i)
+    return home
+
+
+def test_ensemble_cli_writes_valid_submission_and_sidecar(blend_home):
+    proc = run_kit(blend_home, "competition.ensemble", "eA", "eB", "eC", "--method", "rank", "--name", "b1")
+    for name in ("eA", "eB", "eC", "rank"):
+        assert name in proc.stdout
+    assert "nested auc" in proc.stdout and "in-sample (flatters)" in proc.stdout
+    sub = pd.read_csv(blend_home / "submissions" / "b1.csv")
+    sample = pd.read_csv(blend_home / "data" / "sample_submission.csv")
+    assert sub["id"].tolist() == sample["id"].tolist() and sub["label"].between(0, 1).all()
+    side = json.loads((blend_home / "submissions" / "b1.json").read_text())
+    assert side["members"] == ["eA", "eB", "eC"] and side["method"] == "rank" and "std" in side["nested"]
+    assert "## Blends" in (blend_home / "experiments" / "LEADERBOARD.md").read_text()
+
+
+def test_members_with_different_folds_are_refused(blend_home):
+    oof = pd.read_csv(blend_home / "experiments" / "eB" / "oof.csv")
+    oof["fold"] = 1 - oof["fold"]
+    oof.to_csv(blend_home / "experiments" / "eB" / "oof.csv", index=False)
+    proc = run_kit(blend_home, "competition.ensemble", "eA", "eB", check=False)
+    assert proc.returncode == 2 and "used different folds" in proc.stderr

@@ -1,0 +1,54 @@
+"""Model factory: the five real ImageNet backbones load offline from ../shared/weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from competition.config import ModelConfig
+from competition.model import Detector, amp_dtype, build_model
+from tests.conftest import WEIGHTS
+
+ENTRIES = json.loads((WEIGHTS / "models.json").read_text())["models"]
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e["timm_model"] for e in ENTRIES])
+def test_local_imagenet_weights_load(entry):
+    model = build_model(ModelConfig(name=entry["timm_model"], weights_dir=str(WEIGHTS)))
+    assert isinstance(model, Detector)
+    state = load_file(str(WEIGHTS / entry["file"]))
+    backbone = model.backbone.state_dict()
+    loaded = [k for k in state if k in backbone and backbone[k].shape == state[k].shape]
+    assert len(loaded) > 0.95 * len(state)
+    assert all(torch.equal(backbone[k], state[k]) for k in loaded[:20])
+    assert torch.allclose(model.mean.flatten() / 255, torch.tensor(entry["mean"]))  # normalisation from models.json
+    head = model.backbone.get_classifier()
+    assert head.out_features == 1 and not head.weight.any()  # zero head: p=0.5 at the start
+
+
+def test_pretrained_file_and_uint8_forward(tmp_path):
+    entry = ENTRIES[0]
+    model = build_model(ModelConfig(name=entry["timm_model"], pretrained_file=str(WEIGHTS / entry["file"]),
+                                    input_upscale=2)).eval()
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2,) and torch.allclose(torch.sigmoid(out), torch.full((2,), 0.5))
+
+
+def test_missing_weights_file_is_clear():
+    with pytest.raises(FileNotFoundError, match="not found"):
+        build_model(ModelConfig(name="resnet18", pretrained_file="/nope/w.safetensors"))
+
+
+def test_hub_failure_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="pretrained weights could not be loaded from the hub .* model.pretrained_file"):
+        build_model(ModelConfig(name="resnet18", weights_dir="/nonexistent"))
+
+
+def test_amp_is_off_on_cpu():
+    assert amp_dtype("auto", torch.device("cpu")) is None
