@@ -169,6 +169,12 @@ def assemble(cfg: Config, out: Path, folds_run: list[int], n_folds: int, test: p
         "train_s": float(sum(r["train_s"] for r in results)), "wall_s": wall_s,
     }
     write_json(out / "metrics.json", metrics)
+    for split, bad in (("training", bad_train), ("test", bad_test)):
+        for _, row in bad.iterrows():
+            log.warning("bad %s image %s: %s", split, row["id"], row["error"])
+    if len(bad_train):
+        log.warning("%d training image(s) skipped (weight 0, OOF = prior); listed in %s", len(bad_train),
+                    out / "bad_train_images.csv")
     if len(bad_test):
         log.warning("!!! %d test image(s) could not be decoded and got the training prior as prediction; "
                     "listed in %s", len(bad_test), out / "bad_test_images.csv")

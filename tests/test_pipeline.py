@@ -1,0 +1,100 @@
+"""The whole path on small real images, as a user runs it: experiment -> OOF/test -> leaderboard -> blend -> submit.
+
+Real subprocesses, real timm backbones with their ImageNet weights, real CIFAKE images (copied to a
+temporary project folder). Also: finished folds are skipped on rerun, and a run killed with SIGKILL
+mid-training resumes to the same OOF as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import REPO, run_kit, smoke_experiment
+
+pytestmark = pytest.mark.slow
+
+
+def test_whole_path_smoke(home):
+    smoke_experiment(home, "s1")
+    smoke_experiment(home, "s2", model="regnetx_002", tta={"views": "d4"})
+    run_kit(home, "competition.experiment", "s1")
+    out = home / "experiments" / "s1"
+    for f in ("config.yaml", "oof.csv", "test.csv", "metrics.json", "fold0/log.csv", "fold1/best.pt", "fold1/last.pt"):
+        assert (out / f).is_file(), f
+    oof = pd.read_csv(out / "oof.csv")
+    assert list(oof.columns) == ["id", "fold", "target", "prob"] and len(oof) == 40
+    assert set(oof["id"]) == set(pd.read_csv(home / "data" / "train.csv")["file_name"])
+    test = pd.read_csv(out / "test.csv")
+    assert list(test.columns) == ["id", "prob"] and len(test) == 12 and test["prob"].between(0, 1).all()
+    log = pd.read_csv(out / "fold0" / "log.csv")
+    assert {"epoch", "lr", "train_loss", "val_loss", "val_auc", "val_score", "train_img_s"} <= set(log.columns)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["complete"] and len(metrics["folds"]) == 2 and "gain" in metrics["tta"]
+    assert {"auc", "accuracy", "logloss", "f1"} <= set(metrics["oof"]) and metrics["wall_s"] > 0
+    best = torch.load(out / "fold0" / "best.pt", weights_only=True)
+    assert best["model_name"] == "tf_mobilenetv3_small_100" and best["config"]["data"]["img_size"] == 32
+
+    mtime = (out / "fold0" / "best.pt").stat().st_mtime_ns
+    rerun = run_kit(home, "competition.experiment", "s1")
+    assert "fold 0 already done, skipping" in rerun.stderr
+    assert (out / "fold0" / "best.pt").stat().st_mtime_ns == mtime
+
+    changed = run_kit(home, "competition.experiment", "s1", "train.epochs=2", check=False)
+    assert changed.returncode == 2 and "config changed" in changed.stderr and "--restart" in changed.stderr
+
+    run_kit(home, "competition.experiment", "s2")
+    board = (home / "experiments" / "LEADERBOARD.md").read_text()
+    assert "| s1 |" in board and "| s2 |" in board and "regnetx_002" in board
+
+    blend = run_kit(home, "competition.ensemble", "s1", "s2", "--name", "smoke")
+    assert "s1" in blend.stdout and "s2" in blend.stdout and "nested auc" in blend.stdout
+    sub = pd.read_csv(home / "submissions" / "smoke.csv")
+    assert sub["id"].tolist() == pd.read_csv(home / "data" / "sample_submission.csv")["id"].tolist()
+    dry = run_kit(home, "competition.submit", str(home / "submissions" / "smoke.csv"), "--dry-run")
+    assert "valid (12 rows)" in dry.stderr
+
+
+def _start(home, name):
+    env = {**os.environ, "KIT_HOME": str(home), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "competition.experiment", name], cwd=home, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_mid_training_resumes_to_identical_oof(home):
+    sections = {"train": {"epochs": 3, "batch_size": 4, "threads": 1, "patience": 0}, "folds": {}}
+    smoke_experiment(home, "full", **sections)
+    smoke_experiment(home, "killed", **sections)
+    run_kit(home, "competition.experiment", "full")
+
+    proc = _start(home, "killed")
+    last = home / "experiments" / "killed" / "fold0" / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert last.exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in time"
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (home / "experiments" / "killed" / "oof.csv").exists()  # it really was interrupted
+    assert not list((home / "experiments" / "killed").rglob("*.tmp"))  # no half-written outputs left behind
+
+    resumed = run_kit(home, "competition.experiment", "killed")
+    assert "resuming after epoch" in resumed.stderr
+    a = pd.read_csv(home / "experiments" / "full" / "oof.csv")
+    b = pd.read_csv(home / "experiments" / "killed" / "oof.csv")
+    assert (a["id"] == b["id"]).all()
+    np.testing.assert_allclose(a["prob"], b["prob"], atol=1e-6, rtol=0)
+    ta = pd.read_csv(home / "experiments" / "full" / "test.csv")
+    tb = pd.read_csv(home / "experiments" / "killed" / "test.csv")
+    np.testing.assert_allclose(ta["prob"], tb["prob"], atol=1e-6, rtol=0)
