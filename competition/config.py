@@ -50,6 +50,7 @@ class FoldsConfig:
     n_splits: int = 5  # K of the K-fold split
     seed: int = 42  # shuffling seed of the split; same seed -> byte-identical folds file
     group_column: str = ""  # train.csv column with a group id (pairs, sources): groups never cross folds
+    audit: bool = True  # run the shortcut audit (competition.audit) whenever a folds file is built
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class DataConfig:
     cache_dir: str = ".cache"  # where decoded-image caches live; relative to repo root
     num_workers: int = -1  # DataLoader workers; -1 = chosen from the machine's cores
     on_bad_image: str = "skip"  # skip (log, count, list) | fail (stop before training)
+    normalize_encoding: dict = field(default_factory=dict)  # e.g. {format: jpeg, quality: 90}: re-encode every
+    # image (both classes, train and test) in memory before augmentation, hiding the original encoding
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,7 @@ def replace(cfg: Config, **sections: dict) -> Config:
     return _build(Config, _merge(to_dict(cfg), sections), "")
 
 
-def validate(cfg: Config, where: str) -> None:
+def validate(cfg: Config, where: str, check_model: bool = True) -> None:
     """Check choices, model names and weight files; raise one ConfigError line on the first problem."""
     flat = to_dict(cfg)
     for dotted, allowed in CHOICES.items():
@@ -243,16 +246,29 @@ def validate(cfg: Config, where: str) -> None:
             close = difflib.get_close_matches(str(value), allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{where}: `{dotted}: {value}` is not one of {', '.join(allowed)}{hint}")
-    _validate_model(cfg.model, where)
+    if check_model:
+        _validate_model(cfg.model, where)
     if cfg.folds.n_splits < 2:
         raise ConfigError(f"{where}: `folds.n_splits` must be >= 2, got {cfg.folds.n_splits}")
     if cfg.model.input_upscale < 1:
         raise ConfigError(f"{where}: `model.input_upscale` must be >= 1, got {cfg.model.input_upscale}")
     if cfg.tta.crops not in (1, 5):
         raise ConfigError(f"{where}: `tta.crops` must be 1 or 5, got {cfg.tta.crops}")
+    _validate_encoding(cfg.data.normalize_encoding, where)
     bad_folds = [f for f in cfg.train.folds if not isinstance(f, int) or not 0 <= f < cfg.folds.n_splits]
     if bad_folds:
         raise ConfigError(f"{where}: `train.folds` {bad_folds} outside 0..{cfg.folds.n_splits - 1}")
+
+
+def _validate_encoding(spec: dict, where: str) -> None:
+    """normalize_encoding must be {} or {format: jpeg|png|webp, quality: 1..100}."""
+    if not spec:
+        return
+    unknown = set(spec) - {"format", "quality"}
+    fmt, quality = spec.get("format"), spec.get("quality", 90)
+    if unknown or fmt not in ("jpeg", "png", "webp") or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ConfigError(f"{where}: `data.normalize_encoding: {spec}` must look like {{format: jpeg, quality: 90}} "
+                          f"(format jpeg|png|webp, quality 1-100)")
 
 
 def _validate_model(model: ModelConfig, where: str) -> None:
@@ -271,8 +287,11 @@ def _validate_model(model: ModelConfig, where: str) -> None:
         )
 
 
-def load_config(name_or_path: str | Path = "", overrides: list[str] | None = None) -> Config:
-    """Load, merge (competition.yaml <- base chain <- overrides), build and validate a Config."""
+def load_config(name_or_path: str | Path = "", overrides: list[str] | None = None, check_model: bool = True) -> Config:
+    """Load, merge (competition.yaml <- base chain <- overrides), build and validate a Config.
+
+    check_model=False skips the timm model / weights checks (for steps that never build a model).
+    """
     data: dict = {}
     if COMPETITION_FILE.is_file():
         data = _read_yaml(COMPETITION_FILE, ())
@@ -289,7 +308,7 @@ def load_config(name_or_path: str | Path = "", overrides: list[str] | None = Non
         cfg = _build(Config, data, "")
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
-    validate(cfg, where)
+    validate(cfg, where, check_model)
     return cfg
 
 

@@ -10,6 +10,7 @@ the caller skips (training) or gives a fallback prediction (OOF/test), listing t
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -48,6 +49,25 @@ def decode_image(path: str) -> np.ndarray:
         raise BadImageError("file not found") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImageError(f"{type(err).__name__}: {err}") from None
+
+
+def reencode(image: np.ndarray, spec: dict) -> bytes:
+    """Encode pixels in memory with one fixed setting ({format, quality}), stripping all metadata."""
+    fmt = spec["format"].upper()
+    buf = io.BytesIO()
+    options = {"quality": int(spec.get("quality", 90))} if fmt in ("JPEG", "WEBP") else {}
+    if fmt == "JPEG":
+        options.update(progressive=False, subsampling=2, optimize=False)  # baseline 4:2:0, whatever the source was
+    Image.fromarray(image).save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def normalize_encoding(image: np.ndarray, spec: dict) -> np.ndarray:
+    """The pixels the model sees after re-encoding with `spec` (identity when spec is empty)."""
+    if not spec:
+        return image
+    with Image.open(io.BytesIO(reencode(image, spec))) as img:
+        return np.asarray(img.convert("RGB"))
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
@@ -163,25 +183,29 @@ class ImageDataset(Dataset):
     """Images by index: returns (uint8 CHW tensor or (crops, C, H, W), label, index, error string)."""
 
     def __init__(self, paths: list[str], labels: np.ndarray | None, transform, cache: ImageCache | None = None,
-                 crops: int = 1, crop_size: int = 0):
+                 crops: int = 1, crop_size: int = 0, encoding: dict | None = None):
         self.paths = list(paths)
         self.labels = np.zeros(len(self.paths), np.float32) if labels is None else np.asarray(labels, np.float32)
         self.transform = transform
         self.cache = cache
         self.crops, self.crop_size = crops, crop_size
+        self.encoding = encoding or {}
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def load(self, index: int) -> np.ndarray:
-        """Decoded uint8 RGB image for a row (from the cache when it has it)."""
+        """Decoded uint8 RGB image for a row (cache when it has it), re-encoded when configured."""
+        image = None
         if self.cache is not None:
             state = self.cache.state(index)
             if state == CACHED:
-                return self.cache.image(index)
-            if state == BAD:
+                image = self.cache.image(index)
+            elif state == BAD:
                 raise BadImageError(self.cache.reason(index))
-        return decode_image(self.paths[index])
+        if image is None:
+            image = decode_image(self.paths[index])
+        return normalize_encoding(image, self.encoding)
 
     def __getitem__(self, index: int):
         error = ""

@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        comp = load_config().competition
+        comp = load_config(check_model=False).competition
         blend_experiments(args.experiments, args.method, comp, args.name)
     except (EnsembleError, SubmissionError, ConfigError, DataError) as err:
         log.error("%s", err)

@@ -59,7 +59,10 @@ def check_config_unchanged(cfg: Config, out: Path) -> None:
     saved_file = out / "config.yaml"
     if not saved_file.is_file():
         return
+    defaults = to_dict(Config())
     saved = yaml.safe_load(saved_file.read_text())
+    saved = {s: ({**defaults[s], **v} if isinstance(v, dict) and isinstance(defaults.get(s), dict) else v)
+             for s, v in saved.items()}  # keys added to the kit later read as their defaults
     now = to_dict(cfg)
     for conf in (saved, now):
         conf.get("train", {}).pop("folds", None)
@@ -99,17 +102,19 @@ def run_fold(cfg: Config, fold: int, train: pd.DataFrame, test: pd.DataFrame, ca
     idx_trn, idx_val = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     cache = caches["train"]
     eval_tf = build_eval_transform(cfg.data)
+    enc = {"encoding": cfg.data.normalize_encoding}
     inputs = FoldInputs(
         fold=fold,
         train=ImageDataset(trn["path"].tolist(), trn["label"].to_numpy(), build_train_transform(cfg.data),
-                           cache and cache.subset(idx_trn)),
-        val=ImageDataset(val["path"].tolist(), val["label"].to_numpy(), eval_tf, cache and cache.subset(idx_val)),
+                           cache and cache.subset(idx_trn), **enc),
+        val=ImageDataset(val["path"].tolist(), val["label"].to_numpy(), eval_tf, cache and cache.subset(idx_val), **enc),
         val_target=val["label"].to_numpy(),
         prior=prior,
     )
     best = train_fold(cfg, inputs, fold_dir, device)
     model = load_detector(best, cfg, device)
     crops = {"crops": cfg.tta.crops, "crop_size": cfg.data.img_size} if cfg.data.augment != "resize" else {}
+    crops.update(enc)
     val_ds = ImageDataset(val["path"].tolist(), val["label"].to_numpy(), eval_tf, cache and cache.subset(idx_val), **crops)
     oof = predict_fold(model, val_ds, cfg, device, prior, desc=f"fold {fold} OOF TTA")
     test_ds = ImageDataset(test["path"].tolist(), None, eval_tf, caches["test"], **crops)

@@ -63,9 +63,14 @@ def ensure_folds(cfg: Config) -> pd.DataFrame:
     """Load the folds file, building and writing it first if it does not exist."""
     path = folds_file(cfg)
     if not path.is_file():
-        folds = make_folds(cfg)
+        train = load_train_table(cfg.competition)
+        folds = make_folds(cfg, train)
         write_csv(path, folds)
         log.info("wrote %s (%d rows): %s", path, len(folds), summarize_folds(folds))
+        if cfg.folds.audit:
+            from competition.audit import audit, write_report
+
+            write_report(audit(train, folds["fold"].to_numpy()), FOLDS_DIR, path.stem)
     return load_folds(cfg)
 
 
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        cfg = load_config("", args.overrides)
+        cfg = load_config("", args.overrides, check_model=False)
         if args.force:
             folds_file(cfg).unlink(missing_ok=True)
         folds = ensure_folds(cfg)

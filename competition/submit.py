@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        comp = load_config().competition
+        comp = load_config(check_model=False).competition
         log.info("%s", submit(args.file, args.message or args.file.stem, comp, args.dry_run))
     except (SubmissionError, UploadError, ConfigError, DataError) as err:
         log.error("%s: %s", args.file, err)

@@ -1,0 +1,88 @@
+"""Upload through a fake `kaggle` executable on PATH: arguments, refusals and mapped errors; no network."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, write_yaml
+
+FAKE = """#!/usr/bin/env python3
+import os, sys
+with open(os.environ["FAKE_KAGGLE_LOG"], "a") as fh:
+    fh.write("\\t".join(sys.argv[1:]) + "\\n")
+mode = os.environ.get("FAKE_KAGGLE_MODE", "ok")
+if mode == "ok":
+    print("Successfully submitted to Some Competition")
+    sys.exit(0)
+messages = {
+    "nocreds": "OSError: Could not find kaggle.json. Make sure it's located in /root/.config/kaggle.",
+    "403": "403 Client Error: Forbidden for url: https://www.kaggle.com/api/v1/competitions/submissions/url",
+    "400": "400 Client Error: Bad Request for url: https://www.kaggle.com/api/v1/competitions/submissions/submit",
+}
+print(messages[mode], file=sys.stderr)
+sys.exit(1)
+"""
+
+
+@pytest.fixture
+def kit(home, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "kaggle"
+    exe.write_text(FAKE)
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    comp = {"name": "tiny", "data_dir": str(home / "data"), "slug": "tiny-comp"}
+    write_yaml(home / "competition.yaml", {"competition": comp})
+    sample = pd.read_csv(home / "data" / "sample_submission.csv")
+    sub = home / "sub.csv"
+    sample.assign(label=np.linspace(0, 1, len(sample))).to_csv(sub, index=False)
+    log = tmp_path / "kaggle.log"
+
+    def run(*args, mode="ok"):
+        env = {**os.environ, "KIT_HOME": str(home), "PYTHONPATH": str(REPO), "FAKE_KAGGLE_LOG": str(log),
+               "FAKE_KAGGLE_MODE": mode, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+               "KAGGLE_KEY": "s3cr3t-key-value"}
+        return subprocess.run([sys.executable, "-m", "competition.submit", *args], env=env, capture_output=True,
+                              text=True, timeout=120)
+    return run, sub, log
+
+
+def test_upload_passes_arguments_without_a_shell(kit):
+    run, sub, log = kit
+    proc = run(str(sub), "-m", "blend; rm -rf / $(whoami)")
+    assert proc.returncode == 0, proc.stderr
+    assert log.read_text().strip().split("\t") == ["competitions", "submit", "-c", "tiny-comp", "-f", str(sub), "-m",
+                                                  "blend; rm -rf / $(whoami)"]
+
+
+def test_dry_run_validates_only(kit):
+    run, sub, log = kit
+    proc = run(str(sub), "--dry-run")
+    assert proc.returncode == 0 and "dry run" in proc.stderr and not log.exists()
+
+
+@pytest.mark.parametrize("mode, advice", [
+    ("nocreds", "put kaggle.json"),
+    ("403", "accept the rules of 'tiny-comp'"),
+    ("400", "daily submission limit"),
+])
+def test_upload_errors_are_explained(kit, mode, advice):
+    run, sub, _ = kit
+    proc = run(str(sub), "-m", "x", mode=mode)
+    assert proc.returncode == 2 and advice in proc.stderr
+    assert "s3cr3t-key-value" not in proc.stderr + proc.stdout
+
+
+def test_invalid_file_is_never_uploaded(kit):
+    run, sub, log = kit
+    frame = pd.read_csv(sub)
+    frame.iloc[::-1].to_csv(sub, index=False)
+    proc = run(str(sub), "-m", "x")
+    assert proc.returncode == 2 and "not in the sample submission's order" in proc.stderr and not log.exists()
