@@ -50,6 +50,8 @@ class FoldsConfig:
     n_splits: int = 5  # K of the K-fold split
     seed: int = 42  # shuffling seed of the split; same seed -> byte-identical folds file
     group_column: str = ""  # train.csv column with a group id (pairs, sources): groups never cross folds
+    groups: str = ""  # "" | phash: group near-duplicates by perceptual hash (when there is no group_column)
+    phash_distance: int = 6  # groups: phash joins images whose 64-bit pHashes differ in at most this many bits
     audit: bool = True  # run the shortcut audit (competition.audit) whenever a folds file is built
 
 
@@ -123,6 +125,7 @@ CHOICES = {
     "competition.metric": ("auc", "f1", "accuracy", "logloss"),
     "competition.submission_values": ("prob", "label"),
     "data.augment": ("forensic", "light", "resize", "none"),
+    "folds.groups": ("", "phash"),
     "data.cache": ("auto", "memmap", "none"),
     "data.on_bad_image": ("skip", "fail"),
     "train.amp": ("auto", "bf16", "fp16", "off"),

@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
@@ -26,30 +27,56 @@ FOLDS_DIR = ROOT / "folds"
 def folds_file(cfg: Config):
     """Path of the folds file for this competition, K, seed and grouping."""
     group = f"_g-{cfg.folds.group_column}" if cfg.folds.group_column else ""
+    if not group and cfg.folds.groups == "phash":
+        group = f"_phash{cfg.folds.phash_distance}"
     return FOLDS_DIR / f"{cfg.competition.name}_k{cfg.folds.n_splits}_s{cfg.folds.seed}{group}.csv"
+
+
+def make_groups(cfg: Config, train: pd.DataFrame) -> pd.Series | None:
+    """Group id per training row: the configured column, pHash near-duplicate groups, or None."""
+    group_col = cfg.folds.group_column
+    if group_col:
+        if group_col not in train.columns:
+            raise DataError(f"`folds.group_column: {group_col}` is not a column of train.csv ({', '.join(train.columns)})")
+        return train[group_col].astype(str)
+    if cfg.folds.groups != "phash":
+        return None
+    from competition.config import resolve_path
+    from competition.grouping import compute_hashes, describe_groups, group_hashes
+
+    hashes = compute_hashes(train["path"].tolist(), resolve_path(cfg.data.cache_dir) / "phash.csv")
+    groups = group_hashes(hashes, cfg.folds.phash_distance).astype(str)
+    unreadable = hashes == 0
+    groups[unreadable] = [f"unreadable-{i}" for i in np.flatnonzero(unreadable)]  # singletons, not one big group
+    stats = describe_groups(groups, train["label"].to_numpy())
+    log.info("pHash groups (distance <= %d): %s", cfg.folds.phash_distance, stats)
+    return pd.Series(groups, index=train.index)
 
 
 def make_folds(cfg: Config, train: pd.DataFrame | None = None) -> pd.DataFrame:
     """Assign a stratified (grouped when configured) fold to every training row: `id, label, fold`."""
     train = load_train_table(cfg.competition) if train is None else train
-    k, seed, group_col = cfg.folds.n_splits, cfg.folds.seed, cfg.folds.group_column
+    k, seed = cfg.folds.n_splits, cfg.folds.seed
     if train["label"].value_counts().min() < k:
         raise DataError(f"{k} folds need at least {k} images of each class; got {train['label'].value_counts().to_dict()}")
     folds = train[["id", "label"]].copy()
     folds["fold"] = -1
-    if group_col:
-        if group_col not in train.columns:
-            raise DataError(f"`folds.group_column: {group_col}` is not a column of train.csv ({', '.join(train.columns)})")
-        folds["group"] = train[group_col].astype(str).values
+    groups = make_groups(cfg, train)
+    if groups is not None:
+        folds["group"] = groups.values
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         splits = splitter.split(folds, folds["label"], groups=folds["group"])
     else:
         splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(folds, folds["label"])
     for fold, (_, val_idx) in enumerate(splits):
         folds.iloc[val_idx, folds.columns.get_loc("fold")] = fold
-    if group_col:
+    if groups is not None:
         crossing = folds.groupby("group")["fold"].nunique()
-        assert (crossing == 1).all(), f"groups cross folds: {list(crossing[crossing > 1].index[:5])}"
+        if (crossing > 1).any():
+            raise AssertionError(f"groups cross folds: {list(crossing[crossing > 1].index[:5])}")
+        sizes = folds.groupby("group")["label"].agg(["size", "nunique"])
+        log.info("%d groups, largest %d, %d holding both classes; no group crosses folds", len(sizes),
+                 int(sizes["size"].max()), int((sizes["nunique"] > 1).sum()))
     return folds
 
 

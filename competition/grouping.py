@@ -1,0 +1,139 @@
+"""Near-duplicate groups from perceptual hashes, so that pairs (a real image and its AI twin, re-encodes,
+crops) never land in different folds.
+
+- `compute_hashes`: 64-bit pHash per image (imagehash), in parallel, cached on disk per file keyed by
+  path + size + mtime, so a rerun only hashes new or changed files.
+- `group_hashes`: union of every pair within a Hamming distance, without comparing all pairs:
+  multi-index hashing. Split the 64 bits into d+1 chunks; two hashes within distance d agree exactly on
+  at least one chunk (pigeonhole), so only hashes sharing a chunk value are compared.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from competition.atomic import write_csv
+
+log = logging.getLogger(__name__)
+
+
+def phash_file(path: str) -> int:
+    """64-bit perceptual hash of an image as a signed int64 (0 for unreadable files)."""
+    import imagehash
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            bits = imagehash.phash(img.convert("L")).hash.flatten()
+    except Exception:  # noqa: BLE001 - unreadable images hash to 0; the tables/dataset report them
+        return 0
+    value = 0
+    for bit in bits:
+        value = (value << 1) | int(bit)
+    return int(np.uint64(value).astype(np.int64))
+
+
+def _stat_key(path: str) -> str:
+    """size:mtime of a file (changes when the file does)."""
+    try:
+        st = os.stat(path)
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        return "missing"
+
+
+def compute_hashes(paths: list[str], cache_file: Path, workers: int = 0) -> np.ndarray:
+    """pHashes (uint64) for paths, reusing cache_file entries whose size and mtime still match."""
+    keys = [_stat_key(p) for p in paths]
+    cached: dict[tuple[str, str], int] = {}
+    if cache_file.is_file():
+        old = pd.read_csv(cache_file, dtype={"path": str, "key": str, "hash": np.int64})
+        cached = dict(zip(zip(old["path"], old["key"]), old["hash"]))
+    todo = [i for i, (p, k) in enumerate(zip(paths, keys)) if (p, k) not in cached]
+    if todo:
+        workers = workers or min(8, os.cpu_count() or 1)
+        with Pool(workers) as pool:
+            new = list(tqdm(pool.imap(phash_file, [paths[i] for i in todo], chunksize=64), total=len(todo),
+                            desc="perceptual hashes", mininterval=2))
+        for i, h in zip(todo, new):
+            cached[(paths[i], keys[i])] = h
+        frame = pd.DataFrame([(p, k, h) for (p, k), h in cached.items()], columns=["path", "key", "hash"])
+        write_csv(cache_file, frame)
+    log.info("perceptual hashes: %d computed, %d from %s", len(todo), len(paths) - len(todo), cache_file)
+    return np.array([cached[(p, k)] for p, k in zip(paths, keys)], dtype=np.int64).view(np.uint64)
+
+
+class _UnionFind:
+    """Disjoint sets over 0..n-1 with path halving."""
+
+    def __init__(self, n: int):
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def labels(self) -> np.ndarray:
+        return np.array([self.find(i) for i in range(len(self.parent))])
+
+
+def _chunks(distance: int) -> list[tuple[int, int]]:
+    """(shift, width) of the d+1 bit chunks covering 64 bits."""
+    n = distance + 1
+    widths = [64 // n + (1 if i < 64 % n else 0) for i in range(n)]
+    shifts = np.cumsum([0] + widths[:-1])
+    return list(zip(map(int, shifts), widths))
+
+
+def close_pairs(hashes: np.ndarray, distance: int, block: int = 2048) -> np.ndarray:
+    """(i, j) index pairs of distinct hashes within `distance` bits, found by multi-index hashing."""
+    pairs = []
+    for shift, width in _chunks(distance):
+        key = (hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+        order = np.argsort(key, kind="stable")
+        sorted_key = key[order]
+        bounds = np.flatnonzero(np.diff(sorted_key)) + 1
+        for run in np.split(order, bounds):
+            if len(run) < 2:
+                continue
+            for start in range(0, len(run), block):
+                part = run[start:start + block]
+                dist = np.bitwise_count(hashes[part][:, None] ^ hashes[run][None, :])
+                a, b = np.nonzero(dist <= distance)
+                keep = part[a] < run[b]
+                pairs.append(np.column_stack([part[a][keep], run[b][keep]]))
+    if not pairs:
+        return np.empty((0, 2), dtype=np.int64)
+    return np.unique(np.concatenate(pairs), axis=0)
+
+
+def group_hashes(hashes: np.ndarray, distance: int) -> np.ndarray:
+    """Group id per hash: connected components of 'within `distance` bits' (exact duplicates included)."""
+    unique, inverse = np.unique(hashes, return_inverse=True)
+    uf = _UnionFind(len(unique))
+    for a, b in close_pairs(unique, distance):
+        uf.union(int(a), int(b))
+    return uf.labels()[inverse.ravel()]
+
+
+def describe_groups(groups: np.ndarray, labels: np.ndarray) -> dict:
+    """Group count, largest group, and groups holding both classes (likely real/AI pairs)."""
+    frame = pd.DataFrame({"group": groups, "label": labels})
+    sizes = frame.groupby("group")["label"].agg(["size", "nunique"])
+    return {"images": int(len(frame)), "groups": int(len(sizes)), "largest_group": int(sizes["size"].max()),
+            "multi_image_groups": int((sizes["size"] > 1).sum()), "mixed_label_groups": int((sizes["nunique"] > 1).sum())}
