@@ -221,28 +221,56 @@ class StackBlender(Blender):
         return {"coef": self.model.coef_[0].round(6).tolist(), "intercept": float(self.model.intercept_[0])}
 
 
-def make_blender(method: str) -> Blender:
-    """A fresh blender for a method name."""
-    return {"mean": MeanBlender, "rank": RankBlender, "logit": LogitBlender, "stack": StackBlender,
+class Calibrated(Blender):
+    """A blender followed by Platt scaling or a temperature on its logit, fitted on the same rows."""
+
+    fitted = True
+
+    def __init__(self, base: Blender, kind: str):
+        self.base, self.kind, self.a, self.b = base, kind, 1.0, 0.0
+
+    def fit(self, x, y, metric):
+        self.base.fit(x, y, metric)
+        z = _logits(self.base.blend(x))
+        if self.kind == "platt":
+            lr = LogisticRegression(C=1e6, max_iter=1000).fit(z[:, None], y)
+            self.a, self.b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+        else:  # temperature: one scale, no shift
+            nll = lambda t: -np.mean(y * np.log(expit(z / t[0]) + EPS) + (1 - y) * np.log(1 - expit(z / t[0]) + EPS))
+            self.a = float(1.0 / minimize(nll, [1.0], bounds=[(0.05, 20.0)]).x[0])
+        return self
+
+    def blend(self, x):
+        return expit(self.a * _logits(self.base.blend(x)) + self.b)
+
+    def describe(self):
+        return {**self.base.describe(), "calibration": {"kind": self.kind, "a": self.a, "b": self.b}}
+
+
+def make_blender(method: str, calibrate: str = "none") -> Blender:
+    """A fresh blender for a method name, optionally calibrated (platt | temperature)."""
+    base = {"mean": MeanBlender, "rank": RankBlender, "logit": LogitBlender, "stack": StackBlender,
             "hill": lambda: WeightedBlender("hill"), "optimize": lambda: WeightedBlender("optimize")}[method]()
+    return base if calibrate == "none" else Calibrated(base, calibrate)
 
 
-def nested_scores(method: str, x: np.ndarray, y: np.ndarray, fold: np.ndarray, metric: str) -> list[float]:
+def nested_scores(method: str, x: np.ndarray, y: np.ndarray, fold: np.ndarray, metric: str,
+                  calibrate: str = "none") -> list[float]:
     """Fit blender (and threshold) on K-1 folds' OOF, score the held-out fold; one score per fold."""
     out = []
     for k in np.unique(fold):
         train, held = fold != k, fold == k
-        blender = make_blender(method).fit(x[train], y[train], metric)
+        blender = make_blender(method, calibrate).fit(x[train], y[train], metric)
         threshold = best_threshold(metric, y[train], blender.blend(x[train]))
         out.append(score(metric, y[held], blender.blend(x[held]), threshold))
     return out
 
 
-def evaluate_method(method: str, members: Members) -> dict:
+def evaluate_method(method: str, members: Members, calibrate: str = "none") -> dict:
     """Nested (honest) and in-sample scores of a method on the members' OOF."""
     x, y, fold, metric = members.oof, members.target, members.fold, members.metric
-    nested = nested_scores(method, x, y, fold, metric)
-    blender = make_blender(method).fit(x, y, metric)
+    nested = nested_scores(method, x, y, fold, metric, calibrate)
+    blender = make_blender(method, calibrate).fit(x, y, metric)
     prob = blender.blend(x)
     threshold = best_threshold(metric, y, prob)
     return {"method": method, "nested": {"mean": float(np.mean(nested)), "std": float(np.std(nested)),
@@ -280,11 +308,14 @@ def report(members: Members, results: list[dict], chosen: dict) -> str:
     return "\n".join(lines)
 
 
-def blend_experiments(names: list[str], method: str, comp: CompetitionConfig, name: str = "") -> dict:
+def blend_experiments(names: list[str], method: str, comp: CompetitionConfig, name: str = "",
+                      calibrate: str = "auto") -> dict:
     """Blend, score, write submissions/<name>.csv + .json and refresh the leaderboard; return the sidecar."""
     members = load_members(names, comp.metric)
     methods = [m for m in METHODS if m != "optimize" or len(names) <= 8] if method == "auto" else [method]
-    results = [evaluate_method(m, members) for m in methods]
+    if calibrate == "auto":
+        calibrate = "platt" if comp.metric == "logloss" else "none"
+    results = [evaluate_method(m, members, calibrate) for m in methods]
     chosen = choose(results, comp.metric)
     print(report(members, results, chosen))  # noqa: T201 - the CLI's answer
     blender: Blender = chosen["blender"]
@@ -295,7 +326,7 @@ def blend_experiments(names: list[str], method: str, comp: CompetitionConfig, na
     csv_path = write_submission(SUBMISSIONS_DIR / f"{name}.csv", frame, comp)
     oof_prob = blender.blend(members.oof)
     sidecar = {
-        "members": names, "method": chosen["method"], "metric": comp.metric,
+        "members": names, "method": chosen["method"], "metric": comp.metric, "calibration": calibrate,
         "oof_score": score(comp.metric, members.target, oof_prob, chosen["threshold"]),
         "nested": chosen["nested"], "in_sample": chosen["in_sample"],
         "threshold": chosen["threshold"] if comp.metric in THRESHOLD_METRICS or comp.submission_values == "label" else None,
@@ -318,11 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiments", nargs="+", help="experiment names to blend (1 or more)")
     parser.add_argument("--method", default="auto", choices=("auto", *METHODS))
     parser.add_argument("--name", default="", help="submission name (default: blend_<members>_<method>)")
+    parser.add_argument("--calibrate", default="auto", choices=("auto", "none", "platt", "temperature"),
+                        help="calibrate the blend's probabilities (auto: platt when the metric is logloss)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         comp = load_config(check_model=False).competition
-        blend_experiments(args.experiments, args.method, comp, args.name)
+        blend_experiments(args.experiments, args.method, comp, args.name, args.calibrate)
     except (EnsembleError, SubmissionError, ConfigError, DataError) as err:
         log.error("%s", err)
         return 2
