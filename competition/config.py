@@ -52,6 +52,8 @@ class FoldsConfig:
     group_column: str = ""  # train.csv column with a group id (pairs, sources): groups never cross folds
     groups: str = ""  # "" | phash: group near-duplicates by perceptual hash (when there is no group_column)
     phash_distance: int = 6  # groups: phash joins images whose 64-bit pHashes differ in at most this many bits
+    ood_split: str = ""  # "" | cluster: add an `ood_fold` column holding out whole content clusters (./run.sh expNNN --ood)
+    ood_clusters: int = 25  # ood_split: number of k-means content clusters (on perceptual-hash bits)
     audit: bool = True  # run the shortcut audit (competition.audit) whenever a folds file is built
 
 
@@ -126,6 +128,7 @@ CHOICES = {
     "competition.submission_values": ("prob", "label"),
     "data.augment": ("forensic", "light", "resize", "none"),
     "folds.groups": ("", "phash"),
+    "folds.ood_split": ("", "cluster"),
     "data.cache": ("auto", "memmap", "none"),
     "data.on_bad_image": ("skip", "fail"),
     "train.amp": ("auto", "bf16", "fp16", "off"),

@@ -41,8 +41,8 @@ def experiment_dir(name: str) -> Path:
     return EXPERIMENTS_DIR / name
 
 
-def load_tables(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Training rows with their fold (from the folds file) and test rows, both checked."""
+def load_tables(cfg: Config, split: str = "fold") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training rows with their fold (the folds file's `split` column) and test rows, both checked."""
     train = load_train_table(cfg.competition)
     folds = ensure_folds(cfg)
     if set(folds["id"]) != set(train["id"]):
@@ -50,7 +50,11 @@ def load_tables(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
             f"{folds_file(cfg)} does not match the training table ({len(folds)} vs {len(train)} ids) - "
             f"the data changed: delete the folds file and rerun to rebuild it"
         )
-    train = train.merge(folds[["id", "fold"]], on="id", how="left", validate="one_to_one")
+    if split not in folds.columns:
+        raise DataError(f"{folds_file(cfg)} has no `{split}` column - set `folds.ood_split: cluster` in "
+                        f"competition.yaml (a new folds file is built) to run the out-of-distribution split")
+    train = train.merge(folds[["id", split]].rename(columns={split: "fold"}), on="id", how="left",
+                        validate="one_to_one")
     return train, load_test_table(cfg.competition)
 
 
@@ -186,9 +190,12 @@ def assemble(cfg: Config, out: Path, folds_run: list[int], n_folds: int, test: p
     return metrics
 
 
-def run_experiment(cfg: Config, restart: bool = False) -> dict:
-    """Run every configured fold of an experiment (resuming), then assemble and rank it."""
-    out = experiment_dir(cfg.name)
+def run_experiment(cfg: Config, restart: bool = False, ood: bool = False) -> dict:
+    """Run every configured fold of an experiment (resuming), then assemble and rank it.
+
+    ood=True trains on the folds file's `ood_fold` split (whole content clusters held out) into <exp>/ood/.
+    """
+    out = experiment_dir(cfg.name) / "ood" if ood else experiment_dir(cfg.name)
     if restart and out.exists():
         shutil.rmtree(out)
     check_config_unchanged(cfg, out)
@@ -199,7 +206,8 @@ def run_experiment(cfg: Config, restart: bool = False) -> dict:
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     device = pick_device(cfg.train.device)
-    train, test = load_tables(cfg)
+    train, test = load_tables(cfg, "ood_fold" if ood else "fold")
+    n_folds = int(train["fold"].max()) + 1 if ood else cfg.folds.n_splits
     cache_dir = resolve_path(cfg.data.cache_dir)
     caches = {"train": open_cache(train["path"].tolist(), cfg.data.cache, cache_dir),
               "test": open_cache(test["path"].tolist(), cfg.data.cache, cache_dir)}
@@ -209,7 +217,6 @@ def run_experiment(cfg: Config, restart: bool = False) -> dict:
             listing = "; ".join(f"{train['id'].iloc[i]}: {r}" for i, r in list(bad.items())[:10])
             raise DataError(f"{len(bad)} training image(s) cannot be decoded ({listing}) - fix or remove them, "
                             f"or set data.on_bad_image=skip")
-    n_folds = cfg.folds.n_splits
     folds_run = list(cfg.train.folds) or list(range(n_folds))
     log.info("%s: %s on %s, folds %s, %d train / %d test images", cfg.name, cfg.model.name, device, folds_run,
              len(train), len(test))
@@ -234,12 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiment", help="experiment name (experiments/<name>.yaml) or a YAML path")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=1")
     parser.add_argument("--restart", action="store_true", help="delete this experiment's outputs and start over")
+    parser.add_argument("--ood", action="store_true",
+                        help="train on the out-of-distribution split (folds.ood_split: cluster) into <exp>/ood/")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     try:
         cfg = load_config(args.experiment, args.overrides)
-        run_experiment(cfg, restart=args.restart)
+        run_experiment(cfg, restart=args.restart, ood=args.ood)
     except (ConfigError, DataError) as err:
         log.error("%s", err)
         return 2

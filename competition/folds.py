@@ -29,6 +29,8 @@ def folds_file(cfg: Config):
     group = f"_g-{cfg.folds.group_column}" if cfg.folds.group_column else ""
     if not group and cfg.folds.groups == "phash":
         group = f"_phash{cfg.folds.phash_distance}"
+    if cfg.folds.ood_split == "cluster":
+        group += f"_ood{cfg.folds.ood_clusters}"
     return FOLDS_DIR / f"{cfg.competition.name}_k{cfg.folds.n_splits}_s{cfg.folds.seed}{group}.csv"
 
 
@@ -77,7 +79,29 @@ def make_folds(cfg: Config, train: pd.DataFrame | None = None) -> pd.DataFrame:
         sizes = folds.groupby("group")["label"].agg(["size", "nunique"])
         log.info("%d groups, largest %d, %d holding both classes; no group crosses folds", len(sizes),
                  int(sizes["size"].max()), int((sizes["nunique"] > 1).sum()))
+    if cfg.folds.ood_split == "cluster":
+        folds["ood_fold"] = make_ood_folds(cfg, train)
     return folds
+
+
+def make_ood_folds(cfg: Config, train: pd.DataFrame) -> np.ndarray:
+    """Out-of-distribution folds: k-means content clusters (on pHash bits), whole clusters held out together."""
+    from sklearn.cluster import KMeans
+
+    from competition.config import resolve_path
+    from competition.grouping import compute_hashes
+
+    hashes = compute_hashes(train["path"].tolist(), resolve_path(cfg.data.cache_dir) / "phash.csv")
+    bits = np.unpackbits(hashes.view(np.uint8).reshape(-1, 8), axis=1).astype(np.float32)
+    n_clusters = min(cfg.folds.ood_clusters, len(train) // 2)
+    clusters = KMeans(n_clusters=n_clusters, n_init=3, random_state=cfg.folds.seed).fit_predict(bits)
+    k = min(cfg.folds.n_splits, n_clusters)
+    ood = np.full(len(train), -1)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=cfg.folds.seed)
+    for fold, (_, idx) in enumerate(splitter.split(bits, train["label"], groups=clusters)):
+        ood[idx] = fold
+    log.info("OOD split: %d content clusters in %d folds (fold sizes %s)", n_clusters, k, np.bincount(ood).tolist())
+    return ood
 
 
 def summarize_folds(folds: pd.DataFrame) -> str:

@@ -31,6 +31,9 @@ def load_metrics(directory: Path = EXPERIMENTS_DIR) -> list[dict]:
     out = []
     for path in sorted(directory.glob("*/metrics.json")):
         data = json.loads(path.read_text())
+        ood = path.parent / "ood" / "metrics.json"
+        if ood.is_file():
+            data["ood_score"] = json.loads(ood.read_text()).get("oof_score")
         missing = [k for k in REQUIRED if k not in data]
         if missing:
             log.warning("%s: not on the leaderboard, missing %s", path, ", ".join(missing))
@@ -68,10 +71,11 @@ def _fmt(value, digits: int = 5) -> str:
 
 def render(experiments: list[dict], blends: list[dict]) -> str:
     """The leaderboard as markdown."""
-    lines = ["# Leaderboard", "", "Experiments ranked by out-of-fold score (regenerated after every run).", "",
-             "| rank | experiment | metric | OOF score | fold mean ± std | OOF AUC | backbone | img size | "
+    lines = ["# Leaderboard", "", "Experiments ranked by out-of-fold score (regenerated after every run). OOD score: the same experiment "
+             "trained with whole content clusters held out (`./run.sh expNNN --ood`), a proxy for unseen content.", "",
+             "| rank | experiment | metric | OOF score | fold mean ± std | OOD score | OOF AUC | backbone | img size | "
              "augment | epochs (run) | TTA gain | wall min | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, m in enumerate(_rank(experiments, "oof_score"), 1):
         size = f"{m['img_size']}" + (f" x{m['input_upscale']}" if m.get("input_upscale", 1) > 1 else "")
         note = [] if m.get("complete", True) else [f"partial: folds {m['folds_run']}"]
@@ -81,7 +85,8 @@ def render(experiments: list[dict], blends: list[dict]) -> str:
             note.append(m["description"])
         lines.append(
             f"| {i} | {m['experiment']} | {m['metric']} | {_fmt(m['oof_score'])} | "
-            f"{_fmt(m['fold_mean'])} ± {_fmt(m['fold_std'])} | {_fmt(m['oof']['auc'])} | {m['model']} | {size} | "
+            f"{_fmt(m['fold_mean'])} ± {_fmt(m['fold_std'])} | {_fmt(m.get('ood_score'))} | {_fmt(m['oof']['auc'])} | "
+            f"{m['model']} | {size} | "
             f"{m.get('augment', '')} | {m['epochs']} ({'/'.join(map(str, m.get('epochs_run', [])))}) | "
             f"{m['tta']['gain']:+.5f} ({m['tta']['views']}) | {m['wall_s'] / 60:.1f} | {'; '.join(note)} |")
     if blends:

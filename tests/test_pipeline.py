@@ -98,3 +98,22 @@ def test_sigkill_mid_training_resumes_to_identical_oof(home):
     ta = pd.read_csv(home / "experiments" / "full" / "test.csv")
     tb = pd.read_csv(home / "experiments" / "killed" / "test.csv")
     np.testing.assert_allclose(ta["prob"], tb["prob"], atol=1e-6, rtol=0)
+
+
+def test_ood_cluster_split_gets_its_own_column(home):
+    import yaml
+
+    comp_file = home / "competition.yaml"
+    conf = yaml.safe_load(comp_file.read_text())
+    conf["folds"].update({"ood_split": "cluster", "ood_clusters": 4})
+    comp_file.write_text(yaml.safe_dump(conf))
+    smoke_experiment(home, "o1", data={"cache_dir": str(home / ".cache")})
+    run_kit(home, "competition.experiment", "o1")
+    folds = pd.read_csv(home / "folds" / "tiny_k2_s0_ood4.csv")
+    assert {"fold", "ood_fold"} <= set(folds.columns) and folds["ood_fold"].nunique() == 2
+    run_kit(home, "competition.experiment", "o1", "--ood")
+    ood = json.loads((home / "experiments" / "o1" / "ood" / "metrics.json").read_text())
+    ood_oof = pd.read_csv(home / "experiments" / "o1" / "ood" / "oof.csv").set_index("id")
+    assert (ood_oof.loc[folds["id"], "fold"].values == folds["ood_fold"].values).all()
+    board = (home / "experiments" / "LEADERBOARD.md").read_text()
+    assert "OOD score" in board and f"{ood['oof_score']:.5f}" in board
