@@ -56,7 +56,7 @@ def build_model(cfg: ModelConfig, quiet: bool = False) -> Detector:
     kwargs: dict = {"num_classes": 1, "drop_rate": cfg.drop_rate}
     if cfg.drop_path_rate > 0:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
-    file, entry = local_weights(cfg) if cfg.pretrained else (None, {})
+    file, entry = local_weights(cfg)  # its create kwargs define the architecture, pretrained or not
     kwargs.update(entry.get("create_model_kwargs", {}))
     if cfg.pretrained and file is not None:
         if not file.is_file():

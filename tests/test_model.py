@@ -52,3 +52,15 @@ def test_hub_failure_says_what_to_do(monkeypatch):
 
 def test_amp_is_off_on_cpu():
     assert amp_dtype("auto", torch.device("cpu")) is None
+
+
+def test_rebuilt_model_keeps_the_weights_architecture(tmp_path):
+    """mobilenetv2_100's weights need pad_type='same'; a model rebuilt for loading a checkpoint must match."""
+    cfg = ModelConfig(name="mobilenetv2_100", weights_dir=str(WEIGHTS))
+    trained = build_model(cfg).eval()
+    import dataclasses
+    rebuilt = build_model(dataclasses.replace(cfg, pretrained=False), quiet=True).eval()
+    rebuilt.load_state_dict(trained.state_dict())
+    x = torch.randint(0, 256, (2, 3, 37, 37), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.allclose(trained(x), rebuilt(x))
