@@ -318,6 +318,14 @@ def load_config(name_or_path: str | Path = "", overrides: list[str] | None = Non
     return cfg
 
 
+def load_saved_config(path: Path) -> Config:
+    """The resolved config an experiment saved (experiments/<exp>/config.yaml), rebuilt and frozen."""
+    if not path.is_file():
+        raise ConfigError(f"{path} not found - run the experiment first")
+    with path.open() as fh:
+        return _build(Config, yaml.safe_load(fh), "")
+
+
 def save_config(cfg: Config, path: Path) -> None:
     """Write the resolved config as YAML, atomically."""
     from competition.atomic import write_text

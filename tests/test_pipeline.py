@@ -63,6 +63,17 @@ def test_whole_path_smoke(home):
     dry = run_kit(home, "competition.submit", str(home / "submissions" / "smoke.csv"), "--dry-run")
     assert "valid (12 rows)" in dry.stderr
 
+    # predict CLI: the fold models + TTA on a folder reproduce the experiment's test predictions
+    pred = run_kit(home, "competition.predict", "s1", str(home / "data" / "test_data_v2"), "--csv", str(home / "p.csv"))
+    assert len(pred.stdout.strip().splitlines()) == 12 and "images/s" in pred.stderr
+    got = pd.read_csv(home / "p.csv")
+    got["id"] = got["path"].str.replace(str(home / "data") + "/", "", regex=False)
+    want = test.set_index("id").loc[got["id"], "prob"].to_numpy()
+    np.testing.assert_allclose(got["prob"], want, atol=1e-6)
+    blend_pred = run_kit(home, "competition.predict", str(home / "submissions" / "smoke.json"),
+                         str(home / "data" / "test_data_v2"))
+    assert len(blend_pred.stdout.strip().splitlines()) == 12
+
 
 def _start(home, name):
     env = {**os.environ, "KIT_HOME": str(home), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
