@@ -2,7 +2,7 @@
 # The kit's one entry point.
 #   ./run.sh exp001 [section.key=value ...] [--restart]   train every fold, OOF + TTA test preds, leaderboard
 #   ./run.sh test [pytest args]                           the test suite (what .ci/run calls)
-#   ./run.sh folds | ensemble | submit | audit | leaderboard | predict [args]   python -m competition.<that>
+#   ./run.sh folds|ensemble|submit|audit|leaderboard|predict|report|explain|serve [args]   python -m competition.<that>
 # Python: $KIT_PYTHON if set (e.g. KIT_PYTHON=python3 on a machine that already has torch/timm),
 # else .venv, created from requirements.txt on first use and refreshed when requirements.txt changes.
 set -euo pipefail
@@ -33,6 +33,6 @@ cmd="${1:-}"
 shift
 case "$cmd" in
   test) exec "$PY" -m pytest tests "$@" ;;
-  folds|ensemble|submit|audit|leaderboard|predict) exec "$PY" -m "competition.$cmd" "$@" ;;
+  folds|ensemble|submit|audit|leaderboard|predict|report|explain|serve) exec "$PY" -m "competition.$cmd" "$@" ;;
   *) exec "$PY" -m competition.experiment "$cmd" "$@" ;;
 esac

@@ -230,6 +230,13 @@ def run_experiment(cfg: Config, restart: bool = False, ood: bool = False) -> dic
     write_json(wall_file, {"wall_s": wall})
     metrics = assemble(cfg, out, folds_run, n_folds, test, wall)
     write_leaderboard()
+    if not ood:
+        try:
+            from competition.report import write_report
+
+            write_report(cfg.name)
+        except Exception as err:  # noqa: BLE001 - a plotting failure must not fail a finished run
+            log.warning("report not written: %s: %s", type(err).__name__, err)
     log.info("%s: OOF %s %.5f (folds %.5f +- %.5f), TTA gain %+.5f, %.1f min", cfg.name, metrics["metric"],
              metrics["oof_score"], metrics["fold_mean"], metrics["fold_std"], metrics["tta"]["gain"], wall / 60)
     return metrics

@@ -31,11 +31,15 @@ class Detector(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)  # saved with the weights
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)  # saved with the weights
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (or float 0-255) NCHW -> the normalised, upscaled float tensor the backbone sees."""
         x = (images.float() - self.mean) / self.std
         if self.upscale > 1:
             x = F.interpolate(x, scale_factor=self.upscale, mode="nearest")
-        return self.backbone(x).squeeze(1)
+        return x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.prepare(images)).squeeze(1)
 
 
 def local_weights(cfg: ModelConfig) -> tuple[Path | None, dict]:

@@ -44,6 +44,14 @@ def test_whole_path_smoke(home):
     best = torch.load(out / "fold0" / "best.pt", weights_only=True)
     assert best["model_name"] == "tf_mobilenetv3_small_100" and best["config"]["data"]["img_size"] == 32
 
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 7 and "<h2>roc</h2>" in report  # self-contained, plots embedded
+    for png in ("curves", "roc", "pr", "confusion", "histogram", "balance", "confidently_wrong"):
+        assert (out / "report" / f"{png}.png").is_file(), png
+    some = sorted((home / "data" / "train_data").glob("*.jpg"))[:2]
+    cam = run_kit(home, "competition.explain", "s1", *map(str, some), "--out", str(home / "cam"))
+    assert len(cam.stdout.strip().splitlines()) == 2 and len(list((home / "cam").glob("*_gradcam.png"))) == 2
+
     mtime = (out / "fold0" / "best.pt").stat().st_mtime_ns
     rerun = run_kit(home, "competition.experiment", "s1")
     assert "fold 0 already done, skipping" in rerun.stderr
