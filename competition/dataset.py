@@ -37,8 +37,9 @@ class BadImageError(RuntimeError):
     """An image that cannot be decoded."""
 
 
-def decode_image(path: str) -> np.ndarray:
-    """Decode any image Pillow reads into uint8 RGB HWC, EXIF orientation applied, first frame only."""
+def decode_image(path) -> np.ndarray:
+    """Decode any image Pillow reads (a path or a binary file object) into uint8 RGB HWC, EXIF orientation
+    applied, first frame only."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -28,6 +28,20 @@ class Predictions:
 
 
 @torch.no_grad()
+def predict_views(model: torch.nn.Module, images: torch.Tensor, transforms: list, autocast=nullcontext,
+                  channels_last: bool = False) -> np.ndarray:
+    """Probabilities (views, N, crops) for a uint8 batch (N, C, H, W) or (N, crops, C, H, W), one forward pass."""
+    crops = images.shape[1] if images.ndim == 5 else 1
+    flat = images.flatten(0, 1) if images.ndim == 5 else images
+    batch = torch.cat([view(flat) for view in transforms])
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    with autocast():
+        logits = model(batch).float()
+    return torch.sigmoid(logits).view(len(transforms), images.shape[0], crops).cpu().numpy()
+
+
+@torch.no_grad()
 def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, views: str = "identity",
             fallback: float = 0.5, amp_dtype: torch.dtype | None = None, channels_last: bool = False,
             desc: str = "predict") -> Predictions:
@@ -40,15 +54,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, vi
     errors: dict[int, str] = {}
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     for images, _, index, error in tqdm(loader, desc=desc, leave=False, mininterval=2):
-        images = images.to(device, non_blocking=True)
-        crops = images.shape[1] if images.ndim == 5 else 1
-        flat = images.flatten(0, 1) if images.ndim == 5 else images
-        batch = torch.cat([view(flat) for view in transforms])
-        if channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            logits = model(batch).float()
-        p = torch.sigmoid(logits).view(len(transforms), images.shape[0], crops).cpu().numpy()
+        p = predict_views(model, images.to(device, non_blocking=True), transforms, autocast, channels_last)
         idx = index.numpy()
         prob[idx] = p.mean(axis=(0, 2))
         prob_id[idx] = p[0, :, -1]  # identity view of the centre crop (last of five_crops)

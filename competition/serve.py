@@ -1,0 +1,163 @@
+"""A small web page and JSON API: drop an image, see P(AI-generated), the label and a Grad-CAM overlay.
+
+    python -m competition.serve exp001 [--port 8000] [--host 127.0.0.1]
+    python -m competition.serve submissions/<blend>.json
+
+GET /            the page (drag and drop, or choose a file)
+POST /predict    multipart field `file` -> {"prob", "label", "label_name", "threshold", "gradcam_png", ...}
+GET /health      {"status": "ok", "model": ...}
+
+Binds to 127.0.0.1 by default. Non-images get 415, uploads over --max-mb get 413, both with a JSON reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi import FastAPI, File, HTTPException, UploadFile
+from fastapi.responses import HTMLResponse
+from PIL import Image
+
+from competition.augment import build_eval_transform, five_crops, to_tensor, tta_views
+from competition.config import EXPERIMENTS_DIR, ConfigError
+from competition.dataset import BadImageError, decode_image, normalize_encoding
+from competition.explain import GradCamUnsupported, explain_images, load_fold_models
+from competition.inference import predict_views
+from competition.predict import combine
+
+log = logging.getLogger(__name__)
+
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>AI or human?</title>
+<style>body{font-family:sans-serif;max-width:760px;margin:2em auto}#drop{border:3px dashed #888;padding:2em;
+text-align:center;border-radius:12px}#drop.over{background:#eef}#result{margin-top:1em;font-size:1.3em}
+img{max-width:340px;image-rendering:pixelated;margin:.5em}.ai{color:#b00}.human{color:#070}</style></head><body>
+<h1>Is this image AI-generated?</h1><p>Model: <code>__MODEL__</code></p>
+<div id="drop">Drop an image here or <input type="file" id="file" accept="image/*"></div>
+<div id="result"></div><div id="images"></div>
+<script>
+const drop = document.getElementById('drop'), result = document.getElementById('result');
+async function send(file) {
+  result.textContent = 'Analysing ' + file.name + '...';
+  const form = new FormData(); form.append('file', file);
+  const resp = await fetch('/predict', {method: 'POST', body: form});
+  const data = await resp.json();
+  if (!resp.ok) { result.innerHTML = '<span class="ai">Error: ' + data.detail + '</span>'; return; }
+  result.innerHTML = '<b id="verdict" class="' + (data.label ? 'ai' : 'human') + '">' + data.label_name +
+    '</b> &mdash; P(AI-generated) = <span id="prob">' + data.prob.toFixed(4) + '</span> (threshold ' +
+    data.threshold.toFixed(3) + ')';
+  const imgs = document.getElementById('images'); imgs.innerHTML = '';
+  const orig = document.createElement('img'); orig.src = URL.createObjectURL(file); imgs.appendChild(orig);
+  if (data.gradcam_png) { const cam = document.createElement('img'); cam.id = 'gradcam';
+    cam.src = 'data:image/png;base64,' + data.gradcam_png; imgs.appendChild(cam); }
+}
+document.getElementById('file').addEventListener('change', e => send(e.target.files[0]));
+drop.addEventListener('dragover', e => { e.preventDefault(); drop.classList.add('over'); });
+drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+drop.addEventListener('drop', e => { e.preventDefault(); drop.classList.remove('over'); send(e.dataTransfer.files[0]); });
+</script></body></html>"""
+
+
+class Predictor:
+    """Fold models of one experiment, or of every member of a blend, held in memory."""
+
+    def __init__(self, target: str):
+        self.name = target
+        if target.endswith(".json"):
+            self.sidecar = json.loads(Path(target).read_text())
+            members = self.sidecar["members"]
+            self.threshold = float(self.sidecar.get("threshold") or 0.5)
+        else:
+            self.sidecar, members = None, [target]
+            metrics = EXPERIMENTS_DIR / target / "metrics.json"
+            self.threshold = float(json.loads(metrics.read_text()).get("threshold", 0.5)) if metrics.is_file() else 0.5
+        self.members = [load_fold_models(m) for m in members]
+
+    def _member_prob(self, models, cfg, image: np.ndarray) -> float:
+        image = normalize_encoding(image, cfg.data.normalize_encoding)
+        if cfg.tta.crops > 1 and cfg.data.augment != "resize":
+            batch = to_tensor(five_crops(image, cfg.data.img_size))[None]
+        else:
+            batch = to_tensor(build_eval_transform(cfg.data)(image=image)["image"])[None]
+        with torch.no_grad():
+            return float(np.mean([predict_views(m, batch, tta_views(cfg.tta.views)).mean() for m in models]))
+
+    def predict(self, image: np.ndarray) -> dict:
+        """Probability, label and a Grad-CAM overlay (first member) for one RGB image."""
+        probs = np.array([[self._member_prob(models, cfg, image) for models, cfg in self.members]])
+        prob = float(combine(self.sidecar, probs)[0]) if self.sidecar else float(probs[0, 0])
+        label = int(prob >= self.threshold)
+        out = {"prob": prob, "label": label, "label_name": "AI-generated" if label else "human-made",
+               "threshold": self.threshold, "model": self.name, "gradcam_png": None}
+        models, cfg = self.members[0]
+        crop = build_eval_transform(cfg.data)(image=normalize_encoding(image, cfg.data.normalize_encoding))["image"]
+        try:
+            (overlay,), _ = explain_images(models, [crop])
+            scale = max(1, 256 // overlay.shape[0])
+            buf = io.BytesIO()
+            Image.fromarray(overlay).resize((overlay.shape[1] * scale, overlay.shape[0] * scale), Image.NEAREST).save(buf, "PNG")
+            out["gradcam_png"] = base64.b64encode(buf.getvalue()).decode()
+        except GradCamUnsupported as err:
+            out["gradcam_error"] = str(err)
+        return out
+
+
+def create_app(predictor: Predictor, max_mb: float = 20.0) -> FastAPI:
+    """The FastAPI application around a loaded Predictor."""
+    app = FastAPI(title="AI-image detector")
+    page = PAGE.replace("__MODEL__", predictor.name)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "model": predictor.name}
+
+    @app.post("/predict")
+    async def predict(file: UploadFile = File(...)) -> dict:
+        data = await file.read(int(max_mb * 2**20) + 1)
+        if len(data) > max_mb * 2**20:
+            raise HTTPException(413, f"upload larger than {max_mb:g} MB")
+        if not data:
+            raise HTTPException(400, "empty upload")
+        try:
+            image = decode_image(io.BytesIO(data))
+        except BadImageError as err:
+            raise HTTPException(415, f"not a readable image ({err})") from None
+        return predictor.predict(image)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="experiment name, or a blend's submissions/<name>.json")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-mb", type=float, default=20.0, help="largest accepted upload")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        predictor = Predictor(args.model)
+    except (ConfigError, FileNotFoundError) as err:
+        log.error("%s", err)
+        return 2
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    uvicorn.run(create_app(predictor, args.max_mb), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
