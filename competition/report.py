@@ -112,7 +112,8 @@ def plot_wrong(name: str, wrong: dict[str, pd.DataFrame]) -> plt.Figure | None:
     rows = [(kind, r) for kind, frame in wrong.items() for r in frame.itertuples()]
     if not rows:
         return None
-    fig, axes = plt.subplots(len(wrong) * 2, N_WRONG, figsize=(N_WRONG * 1.6, len(wrong) * 3.4), squeeze=False)
+    fig, axes = plt.subplots(len(wrong) * 2, N_WRONG, figsize=(N_WRONG * 1.6, len(wrong) * 3.8), squeeze=False,
+                             gridspec_kw={"hspace": 0.35})
     for ax in axes.flat:
         ax.axis("off")
     for k, (kind, frame) in enumerate(wrong.items()):
@@ -131,7 +132,7 @@ def plot_wrong(name: str, wrong: dict[str, pd.DataFrame]) -> plt.Figure | None:
             axes[2 * k, j].imshow(im, interpolation="nearest")
             axes[2 * k, j].set_title(f"p={r.prob:.3f}", fontsize=8)
             axes[2 * k + 1, j].imshow(ov, interpolation="nearest")
-        axes[2 * k, 0].text(0, -0.45, kind, transform=axes[2 * k, 0].transAxes, fontsize=10, weight="bold")
+        axes[2 * k, 0].text(0, 1.3, kind, transform=axes[2 * k, 0].transAxes, fontsize=10, weight="bold")
     fig.suptitle("most confidently wrong OOF images (top: image, bottom: Grad-CAM)", y=1.0)
     return fig
 
