@@ -71,6 +71,8 @@ def five_crops(image: np.ndarray, size: int) -> np.ndarray:
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 HWC (or NHWC) array -> uint8 CHW (or NCHW) tensor."""
     array = np.ascontiguousarray(image)
+    if not array.flags.writeable:  # Pillow's arrays are read-only views; copy (only the final crop)
+        array = array.copy()
     tensor = torch.from_numpy(array)
     return tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
 

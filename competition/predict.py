@@ -45,8 +45,13 @@ def expand_paths(items: list[str]) -> list[str]:
     return out
 
 
-def predict_experiment(name: str, paths: list[str], device: torch.device) -> tuple[np.ndarray, list[str], float]:
-    """Fold-averaged TTA probabilities for paths, the error per path, and the experiment's threshold."""
+def predict_experiment(name: str, paths: list[str], device: torch.device,
+                       timing: dict | None = None) -> tuple[np.ndarray, list[str], float]:
+    """Fold-averaged TTA probabilities for paths, the error per path, and the experiment's threshold.
+
+    timing, when given, accumulates seconds spent loading models ("load") and predicting ("predict").
+    """
+    timing = {} if timing is None else timing
     out = EXPERIMENTS_DIR / name
     cfg: Config = load_saved_config(out / "config.yaml")
     metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
@@ -58,7 +63,12 @@ def predict_experiment(name: str, paths: list[str], device: torch.device) -> tup
         raise ConfigError(f"{out}: no fold*/best.pt - run `./run.sh {name}` first")
     probs, errors = [], {}
     for ckpt in checkpoints:
-        preds = predict_fold(load_detector(ckpt, cfg, device), ds, cfg, device, prior, desc=f"{name} {ckpt.parent.name}")
+        t0 = time.perf_counter()
+        model = load_detector(ckpt, cfg, device)
+        t1 = time.perf_counter()
+        preds = predict_fold(model, ds, cfg, device, prior, desc=f"{name} {ckpt.parent.name}")
+        timing["load"] = timing.get("load", 0.0) + t1 - t0
+        timing["predict"] = timing.get("predict", 0.0) + time.perf_counter() - t1
         probs.append(preds.prob)
         errors = preds.errors
     return np.mean(probs, axis=0), [errors.get(i, "") for i in range(len(paths))], float(metrics.get("threshold", 0.5))
@@ -98,27 +108,27 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no images found in %s", args.paths)
         return 2
     device = pick_device(args.device)
-    start = time.perf_counter()
+    timing: dict = {}
     try:
         if args.model.endswith(".json"):
             sidecar = json.loads(Path(args.model).read_text())
-            runs = [predict_experiment(m, paths, device) for m in sidecar["members"]]
+            runs = [predict_experiment(m, paths, device, timing) for m in sidecar["members"]]
             prob = combine(sidecar, np.column_stack([r[0] for r in runs]))
             errors, threshold = runs[0][1], sidecar.get("threshold") or 0.5
         else:
-            prob, errors, threshold = predict_experiment(args.model, paths, device)
+            prob, errors, threshold = predict_experiment(args.model, paths, device, timing)
     except (ConfigError, FileNotFoundError) as err:
         log.error("%s", err)
         return 2
-    elapsed = time.perf_counter() - start
     frame = pd.DataFrame({"path": paths, "prob": prob, "label": (prob >= threshold).astype(int), "error": errors})
     for row in frame.itertuples():
         kind = "AI-generated" if row.label else "human-made"
         print(f"{row.path}\t{row.prob:.4f}\t{row.label} ({kind}){chr(9) + 'UNREADABLE: ' + row.error if row.error else ''}")  # noqa: T201
     if args.csv:
         write_csv(args.csv, frame)
-    log.info("%d images in %.1fs (%.1f images/s, including model loading), threshold %.3f", len(paths), elapsed,
-             len(paths) / elapsed, threshold)
+    log.info("%d images: %.1f images/s (%.2fs predicting with every fold model and TTA; %.1fs loading models), "
+             "threshold %.3f", len(paths), len(paths) / max(timing["predict"], 1e-9), timing["predict"], timing["load"],
+             threshold)
     return 0
 
 
