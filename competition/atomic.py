@@ -32,6 +32,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def remove_stale_temps(folder: Path) -> int:
+    """Delete temp files a killed writer left under folder (the real files were never touched); return count."""
+    stale = list(Path(folder).rglob(".*.tmp")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_text(path: Path, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 import yaml
 
-from competition.atomic import write_csv, write_json
+from competition.atomic import remove_stale_temps, write_csv, write_json
 from competition.augment import build_eval_transform, build_train_transform
 from competition.config import EXPERIMENTS_DIR, Config, ConfigError, load_config, resolve_path, save_config, to_dict
 from competition.dataset import BAD, ImageCache, ImageDataset, decode_image, BadImageError, open_cache
@@ -200,6 +200,8 @@ def run_experiment(cfg: Config, restart: bool = False, ood: bool = False) -> dic
         shutil.rmtree(out)
     check_config_unchanged(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
+    if stale := remove_stale_temps(out):
+        log.info("removed %d temp file(s) left by an interrupted run", stale)
     save_config(cfg, out / "config.yaml")
     wall_file = out / "wall_s.json"
     wall_before = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
