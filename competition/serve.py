@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>AI or human?</title>
 <style>body{font-family:sans-serif;max-width:760px;margin:2em auto}#drop{border:3px dashed #888;padding:2em;
 text-align:center;border-radius:12px}#drop.over{background:#eef}#result{margin-top:1em;font-size:1.3em}
-img{max-width:340px;image-rendering:pixelated;margin:.5em}.ai{color:#b00}.human{color:#070}</style></head><body>
+img{width:256px;image-rendering:pixelated;margin:.5em;vertical-align:top}.ai{color:#b00}.human{color:#070}</style></head><body>
 <h1>Is this image AI-generated?</h1><p>Model: <code>__MODEL__</code></p>
 <div id="drop">Drop an image here or <input type="file" id="file" accept="image/*"></div>
 <div id="result"></div><div id="images"></div>
