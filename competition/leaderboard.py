@@ -92,7 +92,7 @@ def render(experiments: list[dict], blends: list[dict]) -> str:
     if blends:
         lines += ["", "## Blends", "",
                   "Nested score: weights/threshold fitted on K-1 folds' OOF, scored on the held-out fold.", "",
-                  "| rank | submission | method | metric | OOF score | nested OOF (mean ± std) | members |",
+                  "| rank | submission | method | metric | OOF score (in-sample when fitted) | nested OOF (mean ± std) | members |",
                   "|---|---|---|---|---|---|---|"]
         for i, b in enumerate(_rank(blends, "oof_score"), 1):
             nested = b.get("nested")
