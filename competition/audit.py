@@ -14,7 +14,6 @@ JSON) is written next to the folds, and automatically whenever folds are built.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys

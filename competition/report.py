@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import io
 import json
 import logging
 import sys
@@ -27,7 +26,7 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay  # noqa: E402
 
 from competition.atomic import atomic_path, write_text  # noqa: E402
-from competition.config import EXPERIMENTS_DIR, ConfigError, load_saved_config  # noqa: E402
+from competition.config import EXPERIMENTS_DIR, ConfigError  # noqa: E402
 from competition.tables import data_dir  # noqa: E402
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import pytest
 from competition.config import CompetitionConfig, Config, FoldsConfig
 from competition.folds import make_folds
 from competition.tables import DataError, load_sample_submission, load_test_table, load_train_table
-from tests.conftest import CIFAKE, FACES, make_competition, run_kit
+from tests.conftest import CIFAKE, FACES, run_kit
 
 
 def comp_for(home, **changes) -> CompetitionConfig:
