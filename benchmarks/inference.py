@@ -16,6 +16,7 @@ from competition.augment import tta_views
 from competition.config import ModelConfig
 from competition.inference import predict
 from competition.model import build_model
+from competition.project import Project
 from train_throughput import Synthetic
 
 
@@ -43,8 +44,8 @@ def main() -> None:
     args = parser.parse_args()
     ds = Synthetic(args.n, 32)
     rows = []
-    base = build_model(ModelConfig(name="tf_efficientnet_lite0", pretrained=False, input_upscale=2)).eval()
-    fast = build_model(ModelConfig(name="tf_efficientnet_lite0", pretrained=False, input_upscale=2)).eval()
+    base = build_model(ModelConfig(name="tf_efficientnet_lite0", pretrained=False, input_upscale=2), Project.from_env()).eval()
+    fast = build_model(ModelConfig(name="tf_efficientnet_lite0", pretrained=False, input_upscale=2), Project.from_env()).eval()
     fast = fast.to(memory_format=torch.channels_last)
     for views in ("identity", "hflip", "d4"):
         p, k = plain(base, ds, views), kit(fast, ds, views)

@@ -19,6 +19,7 @@ from common import peak_rss_mb, table
 from competition.config import CompetitionConfig, Config, FoldsConfig
 from competition.dataset import ImageDataset
 from competition.folds import make_folds
+from competition.project import Project
 from competition.tables import load_train_table
 
 
@@ -37,11 +38,11 @@ def main() -> None:
         comp = CompetitionConfig(name="mem", data_dir=str(data))
         cfg = Config(competition=comp, folds=FoldsConfig(n_splits=5, audit=False))
         if real_files:
-            train = load_train_table(comp)
+            train = load_train_table(comp, Project(data))
         else:
             train = pd.read_csv(data / "train.csv").rename(columns={"file_name": "id"})
             train["path"] = str(data) + "/" + train["id"]
-        folds = make_folds(cfg, train)
+        folds = make_folds(cfg, train, Project(data))
         ds = ImageDataset(train["path"].tolist(), train["label"].to_numpy(), None)
         gc.collect()
         peak = peak_rss_mb()

@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 from common import table
 from competition.config import Config, DataConfig, ModelConfig, TrainConfig
 from competition.model import amp_dtype, build_model, pick_device
-from competition.train import build_scheduler, train_one_epoch
+from competition.project import Project
+from competition.train import TrainState, build_scheduler, train_one_epoch
 
 
 class Synthetic(Dataset):
@@ -36,7 +37,7 @@ class Synthetic(Dataset):
 
 
 def kit_rate(cfg: Config, ds: Dataset, device) -> tuple[float, float]:
-    model = build_model(cfg.model).to(device)
+    model = build_model(cfg.model, Project.from_env()).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -44,8 +45,9 @@ def kit_rate(cfg: Config, ds: Dataset, device) -> tuple[float, float]:
     sched = build_scheduler(opt, cfg, len(loader))
     dtype = amp_dtype("auto", device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    train_one_epoch(model, loader, opt, sched, scaler, None, cfg, device, dtype, "warm-up")
-    out = train_one_epoch(model, loader, opt, sched, scaler, None, cfg, device, dtype, "kit")
+    state = TrainState(model, opt, sched, scaler, None, dtype)
+    train_one_epoch(state, model, loader, cfg, device, "warm-up")
+    out = train_one_epoch(state, model, loader, cfg, device, "kit")
     return out["train_img_s"], out["data_wait"]
 
 

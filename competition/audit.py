@@ -13,7 +13,6 @@ JSON) is written next to the folds, and automatically whenever folds are built.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -28,9 +27,11 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
+from competition import cli
 from competition.atomic import write_json, write_text
-from competition.config import CompetitionConfig, ConfigError, load_config
-from competition.tables import DataError, load_train_table
+from competition.config import CompetitionConfig, load_config
+from competition.project import Project
+from competition.tables import load_train_table
 
 log = logging.getLogger(__name__)
 
@@ -194,34 +195,52 @@ def write_report(report: dict, out_dir: Path, stem: str) -> Path:
     return md
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def audit_folds(train: pd.DataFrame, folds: pd.DataFrame, folds_path: Path, threshold: float = THRESHOLD) -> dict:
+    """Audit a training table on a folds file's split; the report goes beside the folds file."""
+    fold = folds.set_index("id").loc[train["id"], "fold"].to_numpy()
+    report = audit(train, fold, threshold)
+    write_report(report, folds_path.parent, folds_path.stem)
+    return report
+
+
+def _folds_of(train: pd.DataFrame, path: Path) -> pd.DataFrame | None:
+    """The folds file's split when it exists and covers this table, else None (the audit makes its own)."""
+    if not path.is_file():
+        return None
+    folds = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+    return folds if {"id", "fold"} <= set(folds.columns) and set(folds["id"]) == set(train["id"]) else None
+
+
+def main(argv: list[str] | None = None, project: Project | None = None) -> int:
+    """CLI entry point: exit 0 when no shortcut is found, 1 when one is, 2 on bad input."""
+    parser = cli.parser(__doc__)
     parser.add_argument("data", nargs="?", default="", help="data folder with train.csv (default: competition.yaml)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. competition.train_csv=t.csv")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: folds/)")
     parser.add_argument("--threshold", type=float, default=THRESHOLD)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        cfg = load_config(check_model=False)
-        comp = cfg.competition
-        if args.data:
-            comp = CompetitionConfig(name=Path(args.data).resolve().name, data_dir=str(Path(args.data).resolve()),
-                                     path_column=comp.path_column, label_column=comp.label_column)
-        train = load_train_table(comp)
-        from competition.folds import FOLDS_DIR, ensure_folds, folds_file
+    project = project or Project.from_env()
+    if args.data and "=" in args.data:
+        args.overrides, args.data = [args.data, *args.overrides], ""
 
-        fold, stem = None, comp.name
+    def body() -> int:
+        cfg = load_config("", args.overrides, project, check_model=False)
+        comp, stem, folds = cfg.competition, project.folds_file(cfg).stem, None
+        if args.data:
+            data = Path(args.data).resolve()
+            comp = CompetitionConfig(name=data.name, data_dir=str(data), path_column=comp.path_column,
+                                     label_column=comp.label_column)
+            stem = data.name
+        train = load_train_table(comp, project)
         if not args.data:
-            folds = ensure_folds(cfg).set_index("id")
-            fold, stem = folds.loc[train["id"], "fold"].to_numpy(), folds_file(cfg).stem
+            folds = _folds_of(train, project.folds_file(cfg))
+        fold = folds.set_index("id").loc[train["id"], "fold"].to_numpy() if folds is not None else None
         report = audit(train, fold, args.threshold)
-        write_report(report, args.out or FOLDS_DIR, stem)
-    except (ConfigError, DataError) as err:
-        log.error("%s", err)
-        return 2
-    print(report["verdict"])  # noqa: T201 - the CLI's answer
-    return 1 if report["leak"] else 0
+        write_report(report, args.out or project.folds, stem)
+        print(report["verdict"])  # noqa: T201 - the CLI's answer
+        return 1 if report["leak"] else 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

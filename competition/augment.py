@@ -49,12 +49,26 @@ def build_train_transform(data: DataConfig, seed: int | None = None) -> A.Compos
     return A.Compose(steps, seed=seed)
 
 
-def build_eval_transform(data: DataConfig) -> Callable[[np.ndarray], np.ndarray]:
-    """Deterministic eval geometry matching the preset: centre crop at native scale, or resize."""
-    size = data.img_size
-    if data.augment == "resize":
-        return A.Compose([A.Resize(size, size, interpolation=cv2.INTER_AREA)])
-    return A.Compose([A.CenterCrop(size, size, pad_if_needed=True, border_mode=PAD)])
+class EvalTransform:
+    """The one eval geometry, albumentations-style (`t(image=x)["image"]`): resize for the resize preset,
+    else native-scale centre crop, or the four corners + centre when crops=5 (shape (5, H, W, C))."""
+
+    def __init__(self, data: DataConfig, crops: int = 1):
+        self.size, self.crops = data.img_size, crops if data.augment != "resize" else 1
+        if data.augment == "resize":
+            self.single = A.Compose([A.Resize(self.size, self.size, interpolation=cv2.INTER_AREA)])
+        else:
+            self.single = A.Compose([A.CenterCrop(self.size, self.size, pad_if_needed=True, border_mode=PAD)])
+
+    def __call__(self, *, image: np.ndarray) -> dict:
+        if self.crops > 1:
+            return {"image": five_crops(image, self.size)}
+        return self.single(image=image)
+
+
+def build_eval_transform(data: DataConfig, crops: int = 1) -> EvalTransform:
+    """Deterministic eval geometry matching the preset; crops=5 adds the corner crops (TTA)."""
+    return EvalTransform(data, crops)
 
 
 def five_crops(image: np.ndarray, size: int) -> np.ndarray:

@@ -1,36 +1,48 @@
 """One frozen, validated config per experiment: YAML with `base:` inheritance and `key=value` overrides.
 
-Every default lives in the dataclasses below, with a comment. A YAML file only states what differs.
-Unknown keys, wrong types, unknown timm models / augmentation presets / metrics and missing weight
-files are refused at load time with one line that says what to fix.
+Every default lives in the dataclasses below, with a comment; the field types say the allowed values
+(`Literal[...]`) and ranges (`Annotated[int, Range(ge=1)]`). A YAML file only states what differs.
+Unknown keys, duplicate keys, wrong types, values out of range, unknown timm models and missing weight
+files are refused at load time with one line that names the file and key and says what to fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 
-from competition import ROOT
+from competition.atomic import write_text
+from competition.errors import ConfigError
+from competition.project import Project, check_name
 
-EXPERIMENTS_DIR = ROOT / "experiments"
-COMPETITION_FILE = ROOT / "competition.yaml"  # the one file to edit when switching competitions
+__all__ = ["Config", "ConfigError", "load_config", "load_saved_config", "save_config", "to_dict", "replace"]
 
 
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message says which and how to fix it."""
+class Range(NamedTuple):
+    """Bounds of a numeric field: ge/le inclusive, gt/lt exclusive (None = unbounded)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+
+Metric = Literal["auc", "f1", "accuracy", "logloss"]
+Probability = Annotated[float, Range(ge=0.0, le=1.0)]
 
 
 @dataclass(frozen=True)
 class CompetitionConfig:
     name: str = "cifake"  # short name, used in fold file names
     slug: str = ""  # Kaggle competition slug, for `competition.submit`
-    data_dir: str = "../shared/competitions/cifake"  # folder from `kaggle competitions download`; relative to repo root
+    data_dir: str = "../shared/competitions/cifake"  # folder from `kaggle competitions download`; relative to the project
     train_csv: str = "train.csv"  # table of training images; "" for the image-folder layout
     test_csv: str = "test.csv"  # table of test images; "" to list `test_folder` instead
     sample_submission: str = "sample_submission.csv"  # "" when the competition has none
@@ -41,74 +53,74 @@ class CompetitionConfig:
     target_column: str = "label"  # submission value column
     class_folders: dict = field(default_factory=dict)  # image-folder layout: {"real": 0, "fake": 1}
     test_folder: str = ""  # image-folder layout: folder of unlabelled test images
-    metric: str = "auc"  # auc | f1 | accuracy | logloss: what the leaderboard ranks by
-    submission_values: str = "prob"  # prob (probability of AI) | label (0/1 at an OOF-chosen threshold)
+    metric: Metric = "auc"  # what the leaderboard ranks by
+    submission_values: Literal["prob", "label"] = "prob"  # probability of AI, or 0/1 at an OOF-chosen threshold
 
 
 @dataclass(frozen=True)
 class FoldsConfig:
-    n_splits: int = 5  # K of the K-fold split
+    n_splits: Annotated[int, Range(ge=2)] = 5  # K of the K-fold split
     seed: int = 42  # shuffling seed of the split; same seed -> byte-identical folds file
     group_column: str = ""  # train.csv column with a group id (pairs, sources): groups never cross folds
-    groups: str = ""  # "" | phash: group near-duplicates by perceptual hash (when there is no group_column)
-    phash_distance: int = 6  # groups: phash joins images whose 64-bit pHashes differ in at most this many bits
-    ood_split: str = ""  # "" | cluster: add an `ood_fold` column holding out whole content clusters (./run.sh expNNN --ood)
-    ood_clusters: int = 25  # ood_split: number of k-means content clusters (on perceptual-hash bits)
+    groups: Literal["", "phash"] = ""  # phash: group near-duplicates by perceptual hash (when there is no group_column)
+    phash_distance: Annotated[int, Range(ge=0, le=32)] = 6  # phash joins images whose 64-bit pHashes differ in <= this many bits
+    ood_split: Literal["", "cluster"] = ""  # cluster: add an `ood_fold` column holding out whole content clusters (--ood)
+    ood_clusters: Annotated[int, Range(ge=2)] = 25  # ood_split: number of k-means content clusters (on perceptual-hash bits)
     audit: bool = True  # run the shortcut audit (competition.audit) whenever a folds file is built
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "tf_efficientnet_lite0"  # any timm model name
-    pretrained: bool = True  # ImageNet weights: from pretrained_file, ../shared/weights, or the hub
+    pretrained: bool = True  # ImageNet weights: from pretrained_file, weights_dir/models.json, or the hub
     pretrained_file: str = ""  # local .safetensors/.pth; "" = look in weights_dir/models.json, then the hub
     weights_dir: str = "../shared/weights"  # folder with models.json describing local weight files
-    drop_rate: float = 0.2  # dropout before the classifier
-    drop_path_rate: float = 0.0  # stochastic depth, for models that support it
-    input_upscale: int = 1  # integer nearest-neighbour zoom inside the model (keeps pixel artifacts of tiny images)
+    drop_rate: Annotated[float, Range(ge=0.0, lt=1.0)] = 0.2  # dropout before the classifier
+    drop_path_rate: Annotated[float, Range(ge=0.0, lt=1.0)] = 0.0  # stochastic depth, for models that support it
+    input_upscale: Annotated[int, Range(ge=1, le=16)] = 1  # integer nearest-neighbour zoom inside the model (tiny images)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    img_size: int = 224  # crop size fed to the model (before input_upscale)
-    augment: str = "forensic"  # augmentation preset: forensic | light | resize | none
-    jpeg_quality_min: int = 60  # forensic: lowest JPEG re-compression quality
-    jpeg_p: float = 0.5  # forensic: probability of JPEG re-compression (both classes)
-    blur_p: float = 0.2  # forensic: probability of Gaussian blur (both classes)
-    cache: str = "auto"  # auto | memmap | none; memmap decodes small same-sized images once into a uint8 cache
-    cache_dir: str = ".cache"  # where decoded-image caches live; relative to repo root
-    num_workers: int = -1  # DataLoader workers; -1 = chosen from the machine's cores
-    on_bad_image: str = "skip"  # skip (log, count, list) | fail (stop before training)
+    img_size: Annotated[int, Range(ge=8, le=4096)] = 224  # crop size fed to the model (before input_upscale)
+    augment: Literal["forensic", "light", "resize", "none"] = "forensic"  # augmentation preset (competition.augment)
+    jpeg_quality_min: Annotated[int, Range(ge=1, le=100)] = 60  # forensic: lowest JPEG re-compression quality
+    jpeg_p: Probability = 0.5  # forensic: probability of JPEG re-compression (both classes)
+    blur_p: Probability = 0.2  # forensic: probability of Gaussian blur (both classes)
+    cache: Literal["auto", "memmap", "none"] = "auto"  # memmap decodes small same-sized images once into a uint8 cache
+    cache_dir: str = ".cache"  # where decoded-image caches live; relative to the project
+    num_workers: Annotated[int, Range(ge=-1, le=64)] = -1  # DataLoader workers; -1 = chosen from the machine's cores
+    on_bad_image: Literal["skip", "fail"] = "skip"  # skip (log, count, list) | fail (stop before training)
     normalize_encoding: dict = field(default_factory=dict)  # e.g. {format: jpeg, quality: 90}: re-encode every
     # image (both classes, train and test) in memory before augmentation, hiding the original encoding
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10  # maximum epochs per fold
-    batch_size: int = 64  # images per optimizer micro-step
-    accum_steps: int = 1  # gradient accumulation: effective batch = batch_size * accum_steps
-    lr: float = 1e-3  # peak AdamW learning rate
-    weight_decay: float = 1e-2  # AdamW weight decay
-    warmup_epochs: float = 0.5  # linear warmup length, then cosine decay to min_lr
-    min_lr: float = 1e-6  # floor of the cosine schedule
-    amp: str = "auto"  # auto (bf16 if supported, else fp16+GradScaler, on CUDA; fp32 on CPU) | bf16 | fp16 | off
+    epochs: Annotated[int, Range(ge=1)] = 10  # maximum epochs per fold
+    batch_size: Annotated[int, Range(ge=1)] = 64  # images per optimizer micro-step
+    accum_steps: Annotated[int, Range(ge=1)] = 1  # gradient accumulation: effective batch = batch_size * accum_steps
+    lr: Annotated[float, Range(gt=0.0, le=10.0)] = 1e-3  # peak AdamW learning rate
+    weight_decay: Annotated[float, Range(ge=0.0)] = 1e-2  # AdamW weight decay
+    warmup_epochs: Annotated[float, Range(ge=0.0)] = 0.5  # linear warmup length, then cosine decay to min_lr
+    min_lr: Annotated[float, Range(ge=0.0)] = 1e-6  # floor of the cosine schedule (<= lr)
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
     channels_last: bool = True  # NHWC memory format (~2x for depthwise CNNs on CPU)
     compile: bool = False  # torch.compile the model
     ema: bool = False  # keep an exponential moving average of weights and validate with it
-    ema_decay: float = 0.999  # EMA decay per optimizer step
-    patience: int = 3  # early stopping: epochs without validation improvement
-    label_smoothing: float = 0.0  # BCE target smoothing
+    ema_decay: Annotated[float, Range(gt=0.0, lt=1.0)] = 0.999  # EMA decay per optimizer step
+    patience: Annotated[int, Range(ge=0)] = 3  # early stopping: epochs without validation improvement (0 = off)
+    label_smoothing: Annotated[float, Range(ge=0.0, lt=1.0)] = 0.0  # BCE target smoothing
     seed: int = 42  # seeds model init, shuffling and augmentation
     folds: list = field(default_factory=list)  # folds to run; [] = all
-    threads: int = 0  # torch CPU threads; 0 = all cores
-    device: str = "auto"  # auto | cpu | cuda
+    threads: Annotated[int, Range(ge=0, le=1024)] = 0  # torch CPU threads; 0 = all cores
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
 
 
 @dataclass(frozen=True)
 class TTAConfig:
-    views: str = "hflip"  # identity | hflip | d4 (8 flips/rotations)
-    crops: int = 1  # native-scale crops per image for images larger than img_size: 1 (centre) or 5 (corners + centre)
+    views: Literal["identity", "hflip", "d4"] = "hflip"  # flips/rotations averaged at test time (d4 = 8 views)
+    crops: Literal[1, 5] = 1  # native-scale crops per image larger than img_size: 1 (centre) or 5 (corners + centre)
 
 
 @dataclass(frozen=True)
@@ -123,32 +135,44 @@ class Config:
     tta: TTAConfig = field(default_factory=TTAConfig)
 
 
-CHOICES = {
-    "competition.metric": ("auc", "f1", "accuracy", "logloss"),
-    "competition.submission_values": ("prob", "label"),
-    "data.augment": ("forensic", "light", "resize", "none"),
-    "folds.groups": ("", "phash"),
-    "folds.ood_split": ("", "cluster"),
-    "data.cache": ("auto", "memmap", "none"),
-    "data.on_bad_image": ("skip", "fail"),
-    "train.amp": ("auto", "bf16", "fp16", "off"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "tta.views": ("identity", "hflip", "d4"),
-}
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would silently keep the last)."""
 
 
-def resolve_path(path: str | Path) -> Path:
-    """Resolve a config path: absolute as is, relative to the repository root otherwise."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else (ROOT / path).resolve()
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: key `{key}` appears twice in one section "
+                              f"(first on line {seen[key]}); merge the two")
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
 
 
-def experiment_file(name_or_path: str) -> Path:
-    """Map `exp001` or a path to the experiment's YAML file."""
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text -> data, with a one-line error naming `where` for syntax errors, tags and duplicate keys."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem} (tabs are not allowed for indentation; "
+                          f"tags like !!python/object are refused)") from None
+
+
+def experiment_file(name_or_path: str, project: Project) -> Path:
+    """Map `exp001` or a path ending in .yaml to the experiment's YAML file."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         return path if path.is_absolute() else (Path.cwd() / path)
-    return EXPERIMENTS_DIR / f"{name_or_path}.yaml"
+    return project.experiments / f"{check_name(name_or_path)}.yaml"
 
 
 def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
@@ -159,15 +183,19 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
         raise ConfigError(f"{path}: `base:` cycle {cycle}; remove one of the `base:` lines")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; create it or fix the `base:` / experiment name")
-    with path.open() as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read ({type(err).__name__}); is it a YAML text file?") from None
+    data = parse_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)
     if base is None:
         return data
-    parent = _read_yaml((path.parent / base), (*chain, path))
-    return _merge(parent, data)
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: `base:` must be a file name such as base.yaml, got {base!r}")
+    return _merge(_read_yaml(path.parent / base, (*chain, path)), data)
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -181,45 +209,75 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+=.*", re.S)
+
+
+def is_override(item: str) -> bool:
+    """Whether a command-line word is a `section.key=value` override."""
+    return bool(OVERRIDE.fullmatch(item))
+
+
 def parse_overrides(items: list[str]) -> dict:
     """Turn `train.epochs=3 model.name=resnet18` into a nested dict (values parsed as YAML)."""
     out: dict = {}
     for item in items:
-        if "=" not in item:
+        if not is_override(item):
             raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.epochs=3")
         dotted, raw = item.split("=", 1)
         node = out
         keys = dotted.strip().split(".")
         for key in keys[:-1]:
             node = node.setdefault(key, {})
-        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: `{key}` is a value, not a section")
+        node[keys[-1]] = parse_yaml(raw, f"override {item!r}") if raw != "" else ""
     return out
 
 
 def _check_type(where: str, value: Any, hint: Any) -> Any:
     """Return value coerced to hint (int -> float only), or raise a ConfigError naming the key."""
+    if typing.get_origin(hint) is Annotated:
+        base, *extras = typing.get_args(hint)
+        value = _check_type(where, value, base)
+        for bound in (e for e in extras if isinstance(e, Range)):
+            _check_range(where, value, bound)
+        return value
+    if typing.get_origin(hint) is Literal:
+        allowed = typing.get_args(hint)
+        if value in allowed and type(value) in {type(a) for a in allowed}:
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        near = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}{near}")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint in (list, dict):
-        ok = isinstance(value, hint)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, hint)
+    ok = isinstance(value, int) and not isinstance(value, bool) if hint is int else isinstance(value, hint)
+    if hint is float and ok and value != value:
+        raise ConfigError(f"{where}: NaN is not a valid value")
     if not ok:
         raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 
+def _check_range(where: str, value: float, bound: Range) -> None:
+    """Raise naming the key when value lies outside the field's Range."""
+    tests = [(bound.ge, value >= (bound.ge or 0), ">="), (bound.gt, value > (bound.gt or 0), ">"),
+             (bound.le, value <= (bound.le or 0), "<="), (bound.lt, value < (bound.lt or 0), "<")]
+    failed = [f"{op} {limit:g}" for limit, ok, op in tests if limit is not None and not ok]
+    if failed:
+        want = " and ".join(f"{op} {limit:g}" for limit, _, op in tests if limit is not None)
+        raise ConfigError(f"{where}: {value!r} is out of range; it must be {want}")
+
+
 def _build(cls: type, data: dict, where: str) -> Any:
-    """Build a (nested) config dataclass from a dict, refusing unknown keys and wrong types."""
-    hints = typing.get_type_hints(cls)
+    """Build a (nested) config dataclass from a dict, refusing unknown keys, wrong types and bad ranges."""
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
-        path = f"{where}.{key}" if where else key
+        path = f"{where}.{key}" if where else str(key)
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
+            close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean `{close[0]}`?" if close else f"; valid keys: {', '.join(names)}"
             raise ConfigError(f"unknown config key `{path}`{hint}")
         hint_t = hints[key]
@@ -232,6 +290,11 @@ def _build(cls: type, data: dict, where: str) -> Any:
     return cls(**kwargs)
 
 
+def from_dict(data: dict, where: str = "") -> Config:
+    """A Config from plain nested dicts (a saved config.yaml or a checkpoint's config), checked like a file."""
+    return _build(Config, data, where)
+
+
 def to_dict(cfg: Config) -> dict:
     """The config as plain nested dicts (what is saved next to the outputs)."""
     return dataclasses.asdict(cfg)
@@ -242,28 +305,25 @@ def replace(cfg: Config, **sections: dict) -> Config:
     return _build(Config, _merge(to_dict(cfg), sections), "")
 
 
-def validate(cfg: Config, where: str, check_model: bool = True) -> None:
-    """Check choices, model names and weight files; raise one ConfigError line on the first problem."""
-    flat = to_dict(cfg)
-    for dotted, allowed in CHOICES.items():
-        section, key = dotted.split(".")
-        value = flat[section][key]
-        if value not in allowed:
-            close = difflib.get_close_matches(str(value), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: `{dotted}: {value}` is not one of {', '.join(allowed)}{hint}")
-    if check_model:
-        _validate_model(cfg.model, where)
-    if cfg.folds.n_splits < 2:
-        raise ConfigError(f"{where}: `folds.n_splits` must be >= 2, got {cfg.folds.n_splits}")
-    if cfg.model.input_upscale < 1:
-        raise ConfigError(f"{where}: `model.input_upscale` must be >= 1, got {cfg.model.input_upscale}")
-    if cfg.tta.crops not in (1, 5):
-        raise ConfigError(f"{where}: `tta.crops` must be 1 or 5, got {cfg.tta.crops}")
+def validate(cfg: Config, where: str, project: Project, check_model: bool = True) -> None:
+    """Cross-field checks, model names and weight files; raise one ConfigError line on the first problem."""
+    check_name(cfg.competition.name, "competition.name")
+    if cfg.train.min_lr > cfg.train.lr:
+        raise ConfigError(f"{where}: `train.min_lr: {cfg.train.min_lr:g}` is above `train.lr: {cfg.train.lr:g}`; "
+                          f"the schedule decays from lr down to min_lr")
     _validate_encoding(cfg.data.normalize_encoding, where)
-    bad_folds = [f for f in cfg.train.folds if not isinstance(f, int) or not 0 <= f < cfg.folds.n_splits]
+    bad_folds = [f for f in cfg.train.folds if not isinstance(f, int) or isinstance(f, bool)
+                 or not 0 <= f < cfg.folds.n_splits]
     if bad_folds:
         raise ConfigError(f"{where}: `train.folds` {bad_folds} outside 0..{cfg.folds.n_splits - 1}")
+    if len(set(cfg.train.folds)) != len(cfg.train.folds):
+        raise ConfigError(f"{where}: `train.folds: {cfg.train.folds}` lists a fold twice; list each fold once")
+    if cfg.competition.class_folders and any(v not in (0, 1) or isinstance(v, bool)
+                                             for v in cfg.competition.class_folders.values()):
+        raise ConfigError(f"{where}: `competition.class_folders: {cfg.competition.class_folders}` must map "
+                          f"folder names to 0 (human) or 1 (AI)")
+    if check_model:
+        _validate_model(cfg.model, where, project)
 
 
 def _validate_encoding(spec: dict, where: str) -> None:
@@ -277,7 +337,7 @@ def _validate_encoding(spec: dict, where: str) -> None:
                           f"(format jpeg|png|webp, quality 1-100)")
 
 
-def _validate_model(model: ModelConfig, where: str) -> None:
+def _validate_model(model: ModelConfig, where: str, project: Project) -> None:
     """Refuse unknown timm models (with close names) and missing weight files."""
     import timm  # imported here: config loading for folds/ensemble does not need torch
 
@@ -286,48 +346,53 @@ def _validate_model(model: ModelConfig, where: str) -> None:
         close = difflib.get_close_matches(model.name, known, n=3, cutoff=0.6)
         hint = f"; close names: {', '.join(close)}" if close else "; see timm.list_models()"
         raise ConfigError(f"{where}: unknown timm model `model.name: {model.name}`{hint}")
-    if model.pretrained_file and not resolve_path(model.pretrained_file).is_file():
+    if model.pretrained_file and not project.resolve(model.pretrained_file).is_file():
         raise ConfigError(
             f"{where}: weights file `model.pretrained_file: {model.pretrained_file}` not found "
-            f"(looked at {resolve_path(model.pretrained_file)}); fix the path or set model.pretrained=false"
+            f"(looked at {project.resolve(model.pretrained_file)}); fix the path or set model.pretrained=false"
         )
 
 
-def load_config(name_or_path: str | Path = "", overrides: list[str] | None = None, check_model: bool = True) -> Config:
+def load_config(name_or_path: str | Path = "", overrides: list[str] | None = None, project: Project | None = None,
+                check_model: bool = True) -> Config:
     """Load, merge (competition.yaml <- base chain <- overrides), build and validate a Config.
 
     check_model=False skips the timm model / weights checks (for steps that never build a model).
     """
+    project = project or Project.from_env()
     data: dict = {}
-    if COMPETITION_FILE.is_file():
-        data = _read_yaml(COMPETITION_FILE, ())
-    name = ""
-    where = str(COMPETITION_FILE)
+    if project.competition_file.is_file():
+        data = _read_yaml(project.competition_file, ())
+    name, where = "", str(project.competition_file)
     if name_or_path:
-        path = experiment_file(str(name_or_path))
+        path = experiment_file(str(name_or_path), project)
         data = _merge(data, _read_yaml(path, ()))
-        name = path.stem
-        where = str(path)
+        name, where = check_name(path.stem), str(path)
     data = _merge(data, parse_overrides(overrides or []))
     data["name"] = name
     try:
         cfg = _build(Config, data, "")
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
-    validate(cfg, where, check_model)
+    validate(cfg, where, project, check_model)
     return cfg
 
 
 def load_saved_config(path: Path) -> Config:
-    """The resolved config an experiment saved (experiments/<exp>/config.yaml), rebuilt and frozen."""
+    """The resolved config an experiment saved (experiments/<exp>/config.yaml), rebuilt and frozen.
+
+    Keys the kit added after the run read as their defaults; keys it no longer knows are refused."""
     if not path.is_file():
         raise ConfigError(f"{path} not found - run the experiment first")
-    with path.open() as fh:
-        return _build(Config, yaml.safe_load(fh), "")
+    data = parse_yaml(path.read_text(), str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a saved config (top level is {type(data).__name__}); rerun the experiment")
+    try:
+        return from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def save_config(cfg: Config, path: Path) -> None:
     """Write the resolved config as YAML, atomically."""
-    from competition.atomic import write_text
-
     write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -10,6 +10,7 @@ the caller skips (training) or gives a fallback prediction (OOF/test), listing t
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import logging
@@ -20,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from competition.atomic import atomic_path, write_text
-from competition.augment import five_crops, to_tensor
+from competition.config import Config, DataConfig
+from competition.augment import to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +92,28 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return array
 
 
-def _cache_key(paths: list[str]) -> str:
-    """Hash of the file list with each file's size and mtime: a changed file invalidates the cache."""
-    digest = hashlib.sha1()
+DECODER_VERSION = 2  # bump by hand when what a cached pixel means changes in a way the source hash cannot see
+
+
+def decoder_signature() -> str:
+    """What decoded pixels depend on besides the file: this module's decode code and the codec libraries."""
+    from PIL import __version__ as pillow_version
+    from PIL import features
+
+    source = inspect.getsource(decode_image) + inspect.getsource(_to_rgb)
+    parts = [f"v{DECODER_VERSION}", f"Pillow {pillow_version}", f"libjpeg {features.version('jpg')}",
+             f"zlib {features.version('zlib')}", hashlib.sha1(source.encode()).hexdigest()[:12]]
+    return "|".join(parts)
+
+
+def _list_key(paths: list[str]) -> str:
+    """Hash of the file list alone (which images, in which order)."""
+    return hashlib.sha1("\n".join(paths).encode()).hexdigest()[:16]
+
+
+def _cache_key(paths: list[str], decoder: str) -> str:
+    """Hash of the file list with each file's size and mtime and the decoder: any change invalidates the cache."""
+    digest = hashlib.sha1(decoder.encode())
     for path in paths:
         try:
             stat = os.stat(path)
@@ -100,6 +121,24 @@ def _cache_key(paths: list[str]) -> str:
         except OSError:
             digest.update(f"{path}\0missing\n".encode())
     return digest.hexdigest()[:16]
+
+
+def remove_stale_caches(cache_dir: Path, list_key: str, key: str, decoder: str) -> int:
+    """Delete caches no current key can point at: other decoders, or older versions of this file list."""
+    removed = 0
+    for meta_file in cache_dir.glob("images_*.json"):
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        stale = meta.get("decoder") != decoder or (meta.get("list") == list_key and meta.get("key") != key)
+        if stale:
+            meta_file.with_suffix(".npy").unlink(missing_ok=True)
+            meta_file.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        log.info("removed %d stale image cache(s) from %s", removed, cache_dir)
+    return removed
 
 
 def probe_small_images(paths: list[str], n: int = 64) -> tuple[int, int] | None:
@@ -147,17 +186,20 @@ class ImageCache:
     @classmethod
     def build(cls, paths: list[str], size: tuple[int, int], cache_dir: Path) -> "ImageCache":
         """Open the cache for these files, decoding them once (atomically) if it does not exist yet."""
-        key = _cache_key(paths)
+        decoder = decoder_signature()
+        key, list_key = _cache_key(paths, decoder), _list_key(paths)
         data_file = cache_dir / f"images_{key}_{size[0]}x{size[1]}.npy"
         meta_file = data_file.with_suffix(".json")
+        if cache_dir.is_dir():
+            remove_stale_caches(cache_dir, list_key, key, decoder)
         if not (data_file.is_file() and meta_file.is_file()):
-            cls._write(paths, size, data_file, meta_file)
+            cls._write(paths, size, data_file, meta_file, {"key": key, "list": list_key, "decoder": decoder})
         meta = json.loads(meta_file.read_text())
         array = np.load(data_file, mmap_mode="r")
         return cls(array, np.asarray(meta["states"], dtype=np.uint8), {int(k): v for k, v in meta["reasons"].items()})
 
     @staticmethod
-    def _write(paths: list[str], size: tuple[int, int], data_file: Path, meta_file: Path) -> None:
+    def _write(paths: list[str], size: tuple[int, int], data_file: Path, meta_file: Path, ident: dict) -> None:
         """Decode every image into a new cache file; odd-sized ones stay UNCACHED, bad ones are BAD."""
         states = np.full(len(paths), CACHED, dtype=np.uint8)
         reasons: dict[int, str] = {}
@@ -175,38 +217,42 @@ class ImageCache:
                 array[i] = image
             array.flush()
             del array
-        write_text(meta_file, json.dumps({"states": states.tolist(), "reasons": reasons}))
+        write_text(meta_file, json.dumps({**ident, "states": states.tolist(), "reasons": reasons}))
         log.info("cached %d images in %s (%d bad, %d odd-sized)", len(paths), data_file,
                  int((states == BAD).sum()), int((states == UNCACHED).sum()))
 
 
 class ImageDataset(Dataset):
-    """Images by index: returns (uint8 CHW tensor or (crops, C, H, W), label, index, error string)."""
+    """Images by index: returns (uint8 CHW tensor, or (crops, C, H, W) for multi-crop TTA, label, index, error).
+
+    `transform` is an albumentations-style callable (`transform(image=...)["image"]`): the train preset or
+    the one eval geometry of competition.augment.build_eval_transform.
+    """
 
     def __init__(self, paths: list[str], labels: np.ndarray | None, transform, cache: ImageCache | None = None,
-                 crops: int = 1, crop_size: int = 0, encoding: dict | None = None):
+                 encoding: dict | None = None):
         self.paths = list(paths)
         self.labels = np.zeros(len(self.paths), np.float32) if labels is None else np.asarray(labels, np.float32)
         self.transform = transform
         self.cache = cache
-        self.crops, self.crop_size = crops, crop_size
         self.encoding = encoding or {}
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def load(self, index: int) -> np.ndarray:
-        """Decoded uint8 RGB image for a row (cache when it has it), re-encoded when configured."""
-        image = None
+        """Decoded uint8 RGB image for a row (cache when it has it)."""
         if self.cache is not None:
             state = self.cache.state(index)
             if state == CACHED:
-                image = self.cache.image(index)
-            elif state == BAD:
+                return self.cache.image(index)
+            if state == BAD:
                 raise BadImageError(self.cache.reason(index))
-        if image is None:
-            image = decode_image(self.paths[index])
-        return normalize_encoding(image, self.encoding)
+        return decode_image(self.paths[index])
+
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """What the model gets for a decoded image: re-encoding (when configured), the transform, a uint8 tensor."""
+        return to_tensor(self.transform(image=normalize_encoding(image, self.encoding))["image"])
 
     def __getitem__(self, index: int):
         error = ""
@@ -215,11 +261,7 @@ class ImageDataset(Dataset):
         except BadImageError as err:
             error = str(err) or "undecodable"
             image = np.zeros((8, 8, 3), np.uint8)
-        if self.crops > 1:
-            out = to_tensor(five_crops(image, self.crop_size))
-        else:
-            out = to_tensor(self.transform(image=image)["image"])
-        return out, torch.tensor(self.labels[index]), index, error
+        return self.prepare(image), torch.tensor(self.labels[index]), index, error
 
 
 def seed_worker(worker_id: int) -> None:
@@ -242,3 +284,28 @@ def open_cache(paths: list[str], mode: str, cache_dir: Path) -> ImageCache | Non
             log.warning("data.cache=memmap but images are not small and same-sized; reading from disk")
         return None
     return ImageCache.build(paths, size, cache_dir)
+
+
+def worker_count(data: DataConfig, device: torch.device, cached: bool) -> int:
+    """DataLoader workers: as configured, else 0 for cached small images, else from the cores."""
+    if data.num_workers >= 0:
+        return data.num_workers
+    if cached:
+        return 0
+    cores = os.cpu_count() or 1
+    return min(8, cores) if device.type == "cuda" else max(1, min(8, cores - 1))
+
+
+def make_loader(dataset: Dataset, cfg: Config, device: torch.device, train: bool, seed: int = 0) -> DataLoader:
+    """A DataLoader: seeded shuffling for training (2x batch for evaluation), pinned memory on CUDA, seeded workers."""
+    workers = worker_count(cfg.data, device, getattr(dataset, "cache", None) is not None)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size if train else cfg.train.batch_size * 2,
+        shuffle=train,
+        drop_last=train and len(dataset) > cfg.train.batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=seed_worker if workers else None,
+        generator=torch.Generator().manual_seed(seed),
+    )

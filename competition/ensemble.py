@@ -14,7 +14,6 @@ in-sample score (fitted and scored on all OOF) is printed beside it, labelled as
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
@@ -30,12 +29,14 @@ from scipy.special import expit, logit
 from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 
+from competition import cli
 from competition.atomic import write_json
-from competition.config import EXPERIMENTS_DIR, CompetitionConfig, ConfigError, load_config
-from competition.leaderboard import SUBMISSIONS_DIR, write_leaderboard
+from competition.config import CompetitionConfig, is_override, load_config
+from competition.errors import KitError
+from competition.leaderboard import read_json, write_leaderboard
 from competition.metrics import THRESHOLD_METRICS, best_threshold, greater_is_better, score
-from competition.submission import SubmissionError, build_submission, write_submission
-from competition.tables import DataError
+from competition.project import Project
+from competition.submission import build_submission, write_submission
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ METHODS = ("mean", "rank", "logit", "hill", "optimize", "stack")
 EPS = 1e-6
 
 
-class EnsembleError(ValueError):
+class EnsembleError(KitError, ValueError):
     """Members that cannot be blended (different folds, ids, or missing outputs)."""
 
 
@@ -62,28 +63,34 @@ class Members:
     member_scores: list[dict] = field(default_factory=list)
 
 
-def load_oof(name: str) -> pd.DataFrame:
+def load_oof(project: Project, name: str) -> pd.DataFrame:
     """An experiment's oof.csv (id, fold, target, prob), refusing partial experiments."""
-    out = (EXPERIMENTS_DIR / name)
+    out = project.experiment_dir(name)
     metrics_file, oof_file = out / "metrics.json", out / "oof.csv"
     if not (metrics_file.is_file() and oof_file.is_file()):
         raise EnsembleError(f"{out}: no oof.csv/metrics.json - run `./run.sh {name}` first")
-    if not json.loads(metrics_file.read_text()).get("complete", False):
+    metrics = read_json(metrics_file)
+    if metrics is None:
+        raise EnsembleError(f"{metrics_file}: unreadable - rerun `./run.sh {name}` to rewrite it")
+    if not metrics.get("complete", False):
         raise EnsembleError(f"{metrics_file}: experiment ran only some folds; finish it before blending")
-    return pd.read_csv(oof_file, dtype={"id": str})
+    oof = pd.read_csv(oof_file, dtype={"id": str}, keep_default_na=False)
+    if oof["id"].duplicated().any():
+        raise EnsembleError(f"{oof_file}: ids listed twice - rerun `./run.sh {name} --restart`")
+    return oof
 
 
-def load_test(name: str) -> pd.DataFrame:
+def load_test(project: Project, name: str) -> pd.DataFrame:
     """An experiment's fold-averaged test predictions (id, prob)."""
-    return pd.read_csv((EXPERIMENTS_DIR / name) / "test.csv", dtype={"id": str})
+    return pd.read_csv(project.experiment_dir(name) / "test.csv", dtype={"id": str}, keep_default_na=False)
 
 
-def load_members(names: list[str], metric: str) -> Members:
+def load_members(project: Project, names: list[str], metric: str) -> Members:
     """Load and align members, checking they share the same OOF ids, folds and test ids."""
     if len(set(names)) != len(names):
         raise EnsembleError(f"members listed twice: {names}")
-    oofs = [load_oof(n).sort_values("id").reset_index(drop=True) for n in names]
-    tests = [load_test(n) for n in names]
+    oofs = [load_oof(project, n).sort_values("id").reset_index(drop=True) for n in names]
+    tests = [load_test(project, n) for n in names]
     ref, ref_test = oofs[0], tests[0]
     for name, oof, test in zip(names[1:], oofs[1:], tests[1:]):
         if len(oof) != len(ref) or not (oof["id"].values == ref["id"].values).all():
@@ -308,10 +315,10 @@ def report(members: Members, results: list[dict], chosen: dict) -> str:
     return "\n".join(lines)
 
 
-def blend_experiments(names: list[str], method: str, comp: CompetitionConfig, name: str = "",
+def blend_experiments(project: Project, names: list[str], method: str, comp: CompetitionConfig, name: str = "",
                       calibrate: str = "auto") -> dict:
     """Blend, score, write submissions/<name>.csv + .json and refresh the leaderboard; return the sidecar."""
-    members = load_members(names, comp.metric)
+    members = load_members(project, names, comp.metric)
     methods = [m for m in METHODS if m != "optimize" or len(names) <= 8] if method == "auto" else [method]
     if calibrate == "auto":
         calibrate = "platt" if comp.metric == "logloss" else "none"
@@ -322,8 +329,8 @@ def blend_experiments(names: list[str], method: str, comp: CompetitionConfig, na
     prob = blender.blend(members.test)
     values = (prob >= chosen["threshold"]).astype(int) if comp.submission_values == "label" else prob
     name = name or f"blend_{'_'.join(names)}_{chosen['method']}"
-    frame = build_submission(comp, members.test_ids, values)
-    csv_path = write_submission(SUBMISSIONS_DIR / f"{name}.csv", frame, comp)
+    frame = build_submission(comp, project, members.test_ids, values)
+    csv_path = write_submission(project.submission_file(name), frame, comp, project)
     oof_prob = blender.blend(members.oof)
     sidecar = {
         "members": names, "method": chosen["method"], "metric": comp.metric, "calibration": calibrate,
@@ -337,29 +344,32 @@ def blend_experiments(names: list[str], method: str, comp: CompetitionConfig, na
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(csv_path.with_suffix(".json"), sidecar)
-    write_leaderboard()
+    write_leaderboard(project)
     log.info("submission %s: %s nested %s %.5f ± %.5f (in-sample %.5f)", csv_path, chosen["method"], comp.metric,
              chosen["nested"]["mean"], chosen["nested"]["std"], chosen["in_sample"])
     return sidecar
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiments", nargs="+", help="experiment names to blend (1 or more)")
+    parser = cli.parser(__doc__)
+    parser.add_argument("experiments", nargs="+", help="experiment names to blend (1 or more), then any "
+                                                       "section.key=value overrides of competition.yaml")
     parser.add_argument("--method", default="auto", choices=("auto", *METHODS))
     parser.add_argument("--name", default="", help="submission name (default: blend_<members>_<method>)")
     parser.add_argument("--calibrate", default="auto", choices=("auto", "none", "platt", "temperature"),
                         help="calibrate the blend's probabilities (auto: platt when the metric is logloss)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        comp = load_config(check_model=False).competition
-        blend_experiments(args.experiments, args.method, comp, args.name, args.calibrate)
-    except (EnsembleError, SubmissionError, ConfigError, DataError) as err:
-        log.error("%s", err)
-        return 2
-    return 0
+    project = project or Project.from_env()
+    names = [e for e in args.experiments if not is_override(e)]
+    overrides = [e for e in args.experiments if is_override(e)]
+
+    def body() -> int:
+        comp = load_config("", overrides, project, check_model=False).competition
+        blend_experiments(project, names, args.method, comp, args.name, args.calibrate)
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

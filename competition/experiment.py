@@ -1,6 +1,6 @@
 """Run one experiment end to end: folds if missing -> every fold -> OOF + TTA test preds -> metrics -> leaderboard.
 
-    python -m competition.experiment exp001 [section.key=value ...] [--restart]
+    python -m competition.experiment exp001 [section.key=value ...] [--restart] [--ood]
 
 Outputs in experiments/<exp>/: config.yaml (resolved), fold{k}/ (checkpoints, log.csv, oof.csv, test.csv,
 result.json), oof.csv (id, fold, target, prob), test.csv (id, prob), metrics.json, and lists of
@@ -9,7 +9,6 @@ undecodable images. Finished folds are skipped and an interrupted fold resumes f
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -22,40 +21,43 @@ import pandas as pd
 import torch
 import yaml
 
+from competition import cli
 from competition.atomic import remove_stale_temps, write_csv, write_json
-from competition.augment import build_eval_transform, build_train_transform
-from competition.config import EXPERIMENTS_DIR, Config, ConfigError, load_config, resolve_path, save_config, to_dict
-from competition.dataset import BAD, ImageCache, ImageDataset, decode_image, BadImageError, open_cache
-from competition.folds import ensure_folds, folds_file
+from competition.audit import audit_folds
+from competition.augment import build_train_transform
+from competition.config import Config, ConfigError, is_override, load_config, save_config, to_dict
+from competition.dataset import BAD, ImageCache, ImageDataset, BadImageError, decode_image, open_cache
+from competition.folds import ensure_folds
+from competition.inference import eval_dataset, predict_dataset
 from competition.leaderboard import write_leaderboard
 from competition.metrics import best_threshold, score, score_all
-from competition.model import pick_device
+from competition.model import load_detector, pick_device
+from competition.project import Project, inside
 from competition.tables import DataError, load_test_table, load_train_table
-from competition.train import FoldInputs, load_detector, predict_fold, train_fold
+from competition.train import FoldInputs, train_fold
 
 log = logging.getLogger(__name__)
 
 
-def experiment_dir(name: str) -> Path:
-    """Output folder of an experiment."""
-    return EXPERIMENTS_DIR / name
+def prepare_folds(cfg: Config, project: Project, train: pd.DataFrame) -> pd.DataFrame:
+    """The folds file for this config: read it, or build it and then run the shortcut audit on it."""
+    folds, built = ensure_folds(cfg, project, train)
+    if built and cfg.folds.audit:
+        audit_folds(train, folds, project.folds_file(cfg))
+    return folds
 
 
-def load_tables(cfg: Config, split: str = "fold") -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_tables(cfg: Config, project: Project, split: str = "fold") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Training rows with their fold (the folds file's `split` column) and test rows, both checked."""
-    train = load_train_table(cfg.competition)
-    folds = ensure_folds(cfg)
-    if set(folds["id"]) != set(train["id"]):
-        raise DataError(
-            f"{folds_file(cfg)} does not match the training table ({len(folds)} vs {len(train)} ids) - "
-            f"the data changed: delete the folds file and rerun to rebuild it"
-        )
+    train = load_train_table(cfg.competition, project, cfg.folds.group_column)
+    folds = prepare_folds(cfg, project, train)
+    path = project.folds_file(cfg)
     if split not in folds.columns:
-        raise DataError(f"{folds_file(cfg)} has no `{split}` column - set `folds.ood_split: cluster` in "
-                        f"competition.yaml (a new folds file is built) to run the out-of-distribution split")
+        raise DataError(f"{path} has no `{split}` column - set `folds.ood_split: cluster` in competition.yaml "
+                        f"(a new folds file is built) to run the out-of-distribution split")
     train = train.merge(folds[["id", split]].rename(columns={split: "fold"}), on="id", how="left",
                         validate="one_to_one")
-    return train, load_test_table(cfg.competition)
+    return train, load_test_table(cfg.competition, project)
 
 
 def check_config_unchanged(cfg: Config, out: Path) -> None:
@@ -64,7 +66,10 @@ def check_config_unchanged(cfg: Config, out: Path) -> None:
     if not saved_file.is_file():
         return
     defaults = to_dict(Config())
-    saved = yaml.safe_load(saved_file.read_text())
+    try:
+        saved = yaml.safe_load(saved_file.read_text()) or {}
+    except yaml.YAMLError:
+        saved = {}
     saved = {s: ({**defaults[s], **v} if isinstance(v, dict) and isinstance(defaults.get(s), dict) else v)
              for s, v in saved.items()}  # keys added to the kit later read as their defaults
     now = to_dict(cfg)
@@ -95,130 +100,156 @@ def fold_done(fold_dir: Path) -> bool:
     return all((fold_dir / f).is_file() for f in ("result.json", "oof.csv", "test.csv"))
 
 
-def run_fold(cfg: Config, fold: int, train: pd.DataFrame, test: pd.DataFrame, caches: dict, out: Path,
-             device: torch.device) -> None:
-    """Train one fold, then write its TTA predictions for its validation rows and the test set."""
-    fold_dir = out / f"fold{fold}"
-    t0 = time.perf_counter()
+def fold_inputs(cfg: Config, fold: int, train: pd.DataFrame, cache: ImageCache | None) -> FoldInputs:
+    """The training and validation datasets of one fold (train preset / identity eval geometry)."""
     is_val = (train["fold"] == fold).to_numpy()
     trn, val = train[~is_val], train[is_val]
-    prior = float(trn["label"].mean())
-    idx_trn, idx_val = np.flatnonzero(~is_val), np.flatnonzero(is_val)
-    cache = caches["train"]
-    eval_tf = build_eval_transform(cfg.data)
-    enc = {"encoding": cfg.data.normalize_encoding}
-    inputs = FoldInputs(
-        fold=fold,
-        train=ImageDataset(trn["path"].tolist(), trn["label"].to_numpy(), build_train_transform(cfg.data),
-                           cache and cache.subset(idx_trn), **enc),
-        val=ImageDataset(val["path"].tolist(), val["label"].to_numpy(), eval_tf, cache and cache.subset(idx_val), **enc),
-        val_target=val["label"].to_numpy(),
-        prior=prior,
-    )
-    best = train_fold(cfg, inputs, fold_dir, device)
-    model = load_detector(best, cfg, device)
-    crops = {"crops": cfg.tta.crops, "crop_size": cfg.data.img_size} if cfg.data.augment != "resize" else {}
-    crops.update(enc)
-    val_ds = ImageDataset(val["path"].tolist(), val["label"].to_numpy(), eval_tf, cache and cache.subset(idx_val), **crops)
-    oof = predict_fold(model, val_ds, cfg, device, prior, desc=f"fold {fold} OOF TTA")
-    test_ds = ImageDataset(test["path"].tolist(), None, eval_tf, caches["test"], **crops)
-    tst = predict_fold(model, test_ds, cfg, device, prior, desc=f"fold {fold} test TTA")
+    sub = (lambda rows: cache.subset(rows)) if cache is not None else (lambda rows: None)
+    train_ds = ImageDataset(trn["path"].tolist(), trn["label"].to_numpy(), build_train_transform(cfg.data),
+                            sub(np.flatnonzero(~is_val)), encoding=cfg.data.normalize_encoding)
+    val_ds = eval_dataset(cfg, val["path"].tolist(), val["label"].to_numpy(), sub(np.flatnonzero(is_val)), tta=False)
+    return FoldInputs(fold=fold, train=train_ds, val=val_ds, val_target=val["label"].to_numpy(),
+                      prior=float(trn["label"].mean()))
+
+
+def run_fold(cfg: Config, project: Project, fold: int, train: pd.DataFrame, test: pd.DataFrame, caches: dict,
+             out: Path, device: torch.device) -> None:
+    """Train one fold, then write its TTA predictions for its validation rows and the test set."""
+    fold_dir, t0 = out / f"fold{fold}", time.perf_counter()
+    inputs = fold_inputs(cfg, fold, train, caches["train"])
+    model = load_detector(train_fold(cfg, inputs, fold_dir, device, project), device, project)
+    val = train[(train["fold"] == fold).to_numpy()]
+    val_cache = caches["train"].subset(np.flatnonzero((train["fold"] == fold).to_numpy())) if caches["train"] else None
+    oof = predict_dataset(model, eval_dataset(cfg, val["path"].tolist(), cache=val_cache), cfg, device, inputs.prior,
+                          desc=f"fold {fold} OOF TTA")
+    tst = predict_dataset(model, eval_dataset(cfg, test["path"].tolist(), cache=caches["test"]), cfg, device,
+                          inputs.prior, desc=f"fold {fold} test TTA")
     write_csv(fold_dir / "oof.csv", pd.DataFrame({
         "id": val["id"].values, "fold": fold, "target": val["label"].values, "prob": oof.prob,
         "prob_identity": oof.prob_identity, "error": [oof.errors.get(i, "") for i in range(len(val))]}))
     write_csv(fold_dir / "test.csv", pd.DataFrame({
         "id": test["id"].values, "prob": tst.prob, "error": [tst.errors.get(i, "") for i in range(len(test))]}))
+    write_fold_result(cfg, fold_dir, val["label"].to_numpy(), oof, time.perf_counter() - t0)
+
+
+def write_fold_result(cfg: Config, fold_dir: Path, target: np.ndarray, oof, seconds: float) -> None:
+    """fold{k}/result.json: scores (TTA and identity view), best epoch and timings."""
+    metric = cfg.competition.metric
     history = pd.read_csv(fold_dir / "log.csv")
-    ckpt = torch.load(best, map_location="cpu", weights_only=True)
-    target = val["label"].to_numpy()
-    write_json(fold_dir / "result.json", {
-        "fold": fold, "best_epoch": ckpt["epoch"], "epochs_run": len(history),
-        "score": score(cfg.competition.metric, target, oof.prob),
-        "score_identity": score(cfg.competition.metric, target, oof.prob_identity),
-        **{k: v for k, v in score_all(target, oof.prob).items()},
-        "train_s": float(history["epoch_s"].sum()), "predict_s": time.perf_counter() - t0,
-    })
-    log.info("fold %d done: OOF %s %.5f (identity %.5f)", fold, cfg.competition.metric,
-             score(cfg.competition.metric, target, oof.prob), score(cfg.competition.metric, target, oof.prob_identity))
+    best_epoch = torch.load(fold_dir / "best.pt", map_location="cpu", weights_only=True)["epoch"]
+    result = {"fold": int(fold_dir.name[4:]), "best_epoch": best_epoch, "epochs_run": len(history),
+              "score": score(metric, target, oof.prob), "score_identity": score(metric, target, oof.prob_identity),
+              **score_all(target, oof.prob), "train_s": float(history["epoch_s"].sum()), "predict_s": seconds}
+    write_json(fold_dir / "result.json", result)
+    log.info("%s done: OOF %s %.5f (identity %.5f)", fold_dir.name, metric, result["score"], result["score_identity"])
+
+
+def read_folds(out: Path, folds_run: list[int], test: pd.DataFrame) -> tuple[pd.DataFrame, list, list]:
+    """Every finished fold's OOF rows, test predictions (checked in test order) and result."""
+    read = lambda f: pd.read_csv(f, dtype={"id": str}, keep_default_na=False)  # noqa: E731
+    oof = pd.concat([read(out / f"fold{k}" / "oof.csv") for k in folds_run], ignore_index=True)
+    tests = [read(out / f"fold{k}" / "test.csv") for k in folds_run]
+    results = [json.loads((out / f"fold{k}" / "result.json").read_text()) for k in folds_run]
+    for k, frame in zip(folds_run, tests):
+        if len(frame) != len(test) or not (frame["id"].values == test["id"].values).all():
+            raise DataError(f"{out / f'fold{k}' / 'test.csv'} does not list the current test rows in order - the test "
+                            f"table changed since this fold ran; rerun with --restart")
+    return oof, tests, results
 
 
 def assemble(cfg: Config, out: Path, folds_run: list[int], n_folds: int, test: pd.DataFrame, wall_s: float) -> dict:
     """Gather fold outputs into oof.csv, test.csv (fold mean), bad-image lists and metrics.json."""
-    metric = cfg.competition.metric
-    oof = pd.concat([pd.read_csv(out / f"fold{k}" / "oof.csv", dtype={"id": str}, keep_default_na=False)
-                     for k in folds_run], ignore_index=True)
-    fold_tests = [pd.read_csv(out / f"fold{k}" / "test.csv", dtype={"id": str}, keep_default_na=False)
-                  for k in folds_run]
-    results = [json.loads((out / f"fold{k}" / "result.json").read_text()) for k in folds_run]
-    for frame in fold_tests:
-        assert (frame["id"].values == test["id"].values).all(), "fold test predictions are out of order"
+    oof, fold_tests, results = read_folds(out, folds_run, test)
     test_prob = np.mean([f["prob"].to_numpy(dtype=float) for f in fold_tests], axis=0)
     write_csv(out / "oof.csv", oof[["id", "fold", "target", "prob"]])
     write_csv(out / "test.csv", pd.DataFrame({"id": test["id"].values, "prob": test_prob}))
-    bad_train = oof.loc[oof["error"] != "", ["id", "error"]]
-    bad_test = fold_tests[0].loc[fold_tests[0]["error"] != "", ["id", "error"]]
-    write_csv(out / "bad_train_images.csv", bad_train)
-    write_csv(out / "bad_test_images.csv", bad_test)
+    bad = {"train": oof.loc[oof["error"] != "", ["id", "error"]],
+           "test": fold_tests[0].loc[fold_tests[0]["error"] != "", ["id", "error"]]}
+    write_csv(out / "bad_train_images.csv", bad["train"])
+    write_csv(out / "bad_test_images.csv", bad["test"])
+    metrics = summarize(cfg, oof, results, folds_run, n_folds, wall_s)
+    metrics.update(bad_train_images=len(bad["train"]), bad_test_images=len(bad["test"]))
+    write_json(out / "metrics.json", metrics)
+    warn_bad_images(bad, out)
+    return metrics
+
+
+def summarize(cfg: Config, oof: pd.DataFrame, results: list[dict], folds_run: list[int], n_folds: int,
+              wall_s: float) -> dict:
+    """metrics.json's content: OOF score, fold spread, TTA gain, threshold, what ran and how long."""
+    metric = cfg.competition.metric
     target, prob = oof["target"].to_numpy(), oof["prob"].to_numpy(dtype=float)
     fold_scores = [r["score"] for r in results]
-    tta_id = score(metric, target, oof["prob_identity"].to_numpy(dtype=float))
-    tta = score(metric, target, prob)
-    metrics = {
+    tta_id, tta = score(metric, target, oof["prob_identity"].to_numpy(dtype=float)), score(metric, target, prob)
+    return {
         "experiment": cfg.name, "description": cfg.description, "metric": metric,
-        "complete": len(folds_run) == n_folds, "folds_run": folds_run, "n_oof": len(oof),
+        "complete": sorted(folds_run) == list(range(n_folds)), "folds_run": folds_run, "n_oof": len(oof),
         "oof_score": tta, "fold_mean": float(np.mean(fold_scores)), "fold_std": float(np.std(fold_scores)),
         "oof": score_all(target, prob), "folds": results,
         "tta": {"views": cfg.tta.views, "crops": cfg.tta.crops, "oof_identity": tta_id, "oof_tta": tta,
                 "gain": (tta - tta_id) if metric != "logloss" else (tta_id - tta)},
         "threshold": best_threshold(metric, target, prob),
         "model": cfg.model.name, "img_size": cfg.data.img_size, "input_upscale": cfg.model.input_upscale,
-        "augment": cfg.data.augment, "epochs": cfg.train.epochs,
-        "epochs_run": [r["epochs_run"] for r in results],
-        "bad_train_images": len(bad_train), "bad_test_images": len(bad_test),
+        "augment": cfg.data.augment, "epochs": cfg.train.epochs, "epochs_run": [r["epochs_run"] for r in results],
         "train_s": float(sum(r["train_s"] for r in results)), "wall_s": wall_s,
     }
-    write_json(out / "metrics.json", metrics)
-    for split, bad in (("training", bad_train), ("test", bad_test)):
-        for _, row in bad.iterrows():
-            log.warning("bad %s image %s: %s", split, row["id"], row["error"])
-    if len(bad_train):
-        log.warning("%d training image(s) skipped (weight 0, OOF = prior); listed in %s", len(bad_train),
+
+
+def warn_bad_images(bad: dict[str, pd.DataFrame], out: Path) -> None:
+    """Log every undecodable image once, then a loud summary per split."""
+    for split, frame in bad.items():
+        for row in frame.itertuples():
+            log.warning("bad %s image %s: %s", "training" if split == "train" else split, row.id, row.error)
+    if len(bad["train"]):
+        log.warning("%d training image(s) skipped (weight 0, OOF = prior); listed in %s", len(bad["train"]),
                     out / "bad_train_images.csv")
-    if len(bad_test):
+    if len(bad["test"]):
         log.warning("!!! %d test image(s) could not be decoded and got the training prior as prediction; "
-                    "listed in %s", len(bad_test), out / "bad_test_images.csv")
-    return metrics
+                    "listed in %s", len(bad["test"]), out / "bad_test_images.csv")
 
 
-def run_experiment(cfg: Config, restart: bool = False, ood: bool = False) -> dict:
-    """Run every configured fold of an experiment (resuming), then assemble and rank it.
-
-    ood=True trains on the folds file's `ood_fold` split (whole content clusters held out) into <exp>/ood/.
-    """
-    out = experiment_dir(cfg.name) / "ood" if ood else experiment_dir(cfg.name)
+def open_outputs(cfg: Config, project: Project, restart: bool, ood: bool) -> Path:
+    """The experiment's output folder, emptied on restart, checked against the saved config, config saved."""
+    out = project.experiment_dir(cfg.name)
+    out = inside(out / "ood", out) if ood else out
     if restart and out.exists():
-        shutil.rmtree(out)
+        shutil.rmtree(inside(out, project.experiments))
     check_config_unchanged(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     if stale := remove_stale_temps(out):
         log.info("removed %d temp file(s) left by an interrupted run", stale)
     save_config(cfg, out / "config.yaml")
+    return out
+
+
+def check_decodable(cfg: Config, train: pd.DataFrame, cache: ImageCache | None) -> None:
+    """With data.on_bad_image=fail: stop before training when any training image cannot be decoded."""
+    if cfg.data.on_bad_image != "fail":
+        return
+    bad = scan_bad_images(train["path"].tolist(), cache)
+    if bad:
+        listing = "; ".join(f"{train['id'].iloc[i]}: {r}" for i, r in list(bad.items())[:10])
+        raise DataError(f"{len(bad)} training image(s) cannot be decoded ({listing}) - fix or remove them, "
+                        f"or set data.on_bad_image=skip")
+
+
+def run_experiment(cfg: Config, project: Project, restart: bool = False, ood: bool = False) -> dict:
+    """Run every configured fold of an experiment (resuming), then assemble and rank it.
+
+    ood=True trains on the folds file's `ood_fold` split (whole content clusters held out) into <exp>/ood/.
+    """
+    out = open_outputs(cfg, project, restart, ood)
     wall_file = out / "wall_s.json"
     wall_before = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     device = pick_device(cfg.train.device)
-    train, test = load_tables(cfg, "ood_fold" if ood else "fold")
+    train, test = load_tables(cfg, project, "ood_fold" if ood else "fold")
     n_folds = int(train["fold"].max()) + 1 if ood else cfg.folds.n_splits
-    cache_dir = resolve_path(cfg.data.cache_dir)
-    caches = {"train": open_cache(train["path"].tolist(), cfg.data.cache, cache_dir),
-              "test": open_cache(test["path"].tolist(), cfg.data.cache, cache_dir)}
-    if cfg.data.on_bad_image == "fail":
-        bad = scan_bad_images(train["path"].tolist(), caches["train"])
-        if bad:
-            listing = "; ".join(f"{train['id'].iloc[i]}: {r}" for i, r in list(bad.items())[:10])
-            raise DataError(f"{len(bad)} training image(s) cannot be decoded ({listing}) - fix or remove them, "
-                            f"or set data.on_bad_image=skip")
+    cache_dir = project.cache_dir(cfg)
+    caches = {split: open_cache(frame["path"].tolist(), cfg.data.cache, cache_dir)
+              for split, frame in (("train", train), ("test", test))}
+    check_decodable(cfg, train, caches["train"])
     folds_run = list(cfg.train.folds) or list(range(n_folds))
     log.info("%s: %s on %s, folds %s, %d train / %d test images", cfg.name, cfg.model.name, device, folds_run,
              len(train), len(test))
@@ -226,42 +257,48 @@ def run_experiment(cfg: Config, restart: bool = False, ood: bool = False) -> dic
         if fold_done(out / f"fold{fold}"):
             log.info("fold %d already done, skipping", fold)
             continue
-        run_fold(cfg, fold, train, test, caches, out, device)
+        run_fold(cfg, project, fold, train, test, caches, out, device)
         write_json(wall_file, {"wall_s": wall_before + time.perf_counter() - t0})
     wall = wall_before + time.perf_counter() - t0
     write_json(wall_file, {"wall_s": wall})
     metrics = assemble(cfg, out, folds_run, n_folds, test, wall)
-    write_leaderboard()
+    write_leaderboard(project)
     if not ood:
-        try:
-            from competition.report import write_report
-
-            write_report(cfg.name)
-        except Exception as err:  # noqa: BLE001 - a plotting failure must not fail a finished run
-            log.warning("report not written: %s: %s", type(err).__name__, err)
+        _write_report(project, cfg.name)
     log.info("%s: OOF %s %.5f (folds %.5f +- %.5f), TTA gain %+.5f, %.1f min", cfg.name, metrics["metric"],
              metrics["oof_score"], metrics["fold_mean"], metrics["fold_std"], metrics["tta"]["gain"], wall / 60)
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
+def _write_report(project: Project, name: str) -> None:
+    """The experiment's report; a plotting failure is logged, never fails a finished run."""
+    from competition.report import write_report  # matplotlib only when a report is written
+
+    try:
+        write_report(project, name)
+    except Exception as err:  # noqa: BLE001 - a finished run must not fail on a figure
+        log.warning("report not written: %s: %s", type(err).__name__, err)
+
+
+def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("experiment", help="experiment name (experiments/<name>.yaml) or a YAML path")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=1")
     parser.add_argument("--restart", action="store_true", help="delete this experiment's outputs and start over")
     parser.add_argument("--ood", action="store_true",
                         help="train on the out-of-distribution split (folds.ood_split: cluster) into <exp>/ood/")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    try:
-        cfg = load_config(args.experiment, args.overrides)
-        run_experiment(cfg, restart=args.restart, ood=args.ood)
-    except (ConfigError, DataError) as err:
-        log.error("%s", err)
-        return 2
-    return 0
+    project = project or Project.from_env()
+
+    def body() -> int:
+        bad = [o for o in args.overrides if not is_override(o)]
+        if bad:
+            raise ConfigError(f"override {bad[0]!r}: expected section.key=value, e.g. train.epochs=3")
+        run_experiment(load_config(args.experiment, args.overrides, project), project, args.restart, args.ood)
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

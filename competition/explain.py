@@ -1,6 +1,6 @@
 """Grad-CAM: which regions drove a prediction, for timm CNN backbones.
 
-    python -m competition.explain exp001 IMAGE [IMAGE ...] [--out DIR]
+    python -m competition.explain exp001 IMAGE [IMAGE ...] [--out DIR] [--device auto|cpu|cuda]
 
 The last convolutional stage is picked automatically: timm's `forward_features` returns it as a
 (B, C, h, w) map; the gradient of the AI logit with respect to that map weights its channels.
@@ -10,7 +10,6 @@ map (e.g. vision transformers' tokens) are refused with a clear message.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -21,17 +20,19 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from PIL import Image
 
+from competition import cli
 from competition.atomic import atomic_path
-from competition.augment import build_eval_transform, to_tensor
-from competition.config import EXPERIMENTS_DIR, ConfigError, load_saved_config
-from competition.dataset import BadImageError, decode_image, normalize_encoding
-from competition.model import Detector
-from competition.train import load_detector
+from competition.config import Config
+from competition.dataset import BadImageError, decode_image
+from competition.errors import KitError
+from competition.inference import eval_dataset, load_experiment
+from competition.model import Detector, pick_device
+from competition.project import Project
 
 log = logging.getLogger(__name__)
 
 
-class GradCamUnsupported(ValueError):
+class GradCamUnsupported(KitError, ValueError):
     """The backbone has no spatial feature map to explain."""
 
 
@@ -52,7 +53,7 @@ def gradcam(model: Detector, images: torch.Tensor) -> tuple[np.ndarray, np.ndarr
     cam = F.relu((weights * feats).sum(dim=1, keepdim=True)).detach()
     cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     top = cam.flatten(1).amax(dim=1).clamp(min=1e-8)[:, None, None]
-    return (cam / top).numpy(), torch.sigmoid(logit.detach()).numpy()
+    return (cam / top).cpu().numpy(), torch.sigmoid(logit.detach()).cpu().numpy()
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -62,51 +63,54 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
 
 
 def explain_images(models: list[Detector], images: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-    """Fold-averaged overlays and probabilities for same-sized uint8 RGB images."""
-    batch = torch.stack([to_tensor(im) for im in images])
+    """Fold-averaged overlays and probabilities for same-sized uint8 RGB images (the eval crops)."""
+    device = next(models[0].parameters()).device
+    batch = torch.stack([torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1) for im in images]).to(device)
     cams, probs = zip(*(gradcam(m, batch) for m in models))
     cam, prob = np.mean(cams, axis=0), np.mean(probs, axis=0)
     return [overlay(im, c) for im, c in zip(images, cam)], prob
 
 
-def load_fold_models(name: str) -> tuple[list[Detector], object]:
-    """Every fold's best model of an experiment (CPU) and its saved config."""
-    out = EXPERIMENTS_DIR / name
-    cfg = load_saved_config(out / "config.yaml")
-    ckpts = sorted(out.glob("fold*/best.pt"))
-    if not ckpts:
-        raise ConfigError(f"{out}: no fold*/best.pt - run `./run.sh {name}` first")
-    return [load_detector(c, cfg, torch.device("cpu")).to(memory_format=torch.contiguous_format) for c in ckpts], cfg
+def eval_crop(cfg: Config, image: np.ndarray) -> np.ndarray:
+    """The centre eval crop (HWC uint8) the model sees for a decoded image: the inference layer's geometry."""
+    return eval_dataset(cfg, [], tta=False).prepare(image).permute(1, 2, 0).numpy()
 
 
-def main(argv: list[str] | None = None) -> int:
+def explain_file(models: list[Detector], cfg: Config, path: str, out: Path) -> tuple[float, Path]:
+    """Write <out>/<stem>_gradcam.png for one image; return its fold-averaged probability and the PNG path."""
+    (ov,), prob = explain_images(models, [eval_crop(cfg, decode_image(path))])
+    scale = max(1, 256 // ov.shape[0])
+    target = out / f"{Path(path).stem}_gradcam.png"
+    with atomic_path(target) as tmp:
+        Image.fromarray(ov).resize((ov.shape[1] * scale, ov.shape[0] * scale), Image.NEAREST).save(tmp, "PNG")
+    return float(prob[0]), target
+
+
+def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__, device=True)
     parser.add_argument("experiment")
     parser.add_argument("images", nargs="+")
     parser.add_argument("--out", type=Path, default=None, help="folder for overlays (default: <exp>/gradcam/)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        models, cfg = load_fold_models(args.experiment)
-        out = args.out or EXPERIMENTS_DIR / args.experiment / "gradcam"
-        crop = build_eval_transform(cfg.data)
+    project = project or Project.from_env()
+
+    def body() -> int:
+        exp = load_experiment(project, args.experiment, pick_device(args.device))
+        models = [m.to(memory_format=torch.contiguous_format) for m in exp.models]
+        out = args.out or project.experiment_dir(args.experiment) / "gradcam"
+        failed = 0
         for path in args.images:
             try:
-                image = crop(image=normalize_encoding(decode_image(path), cfg.data.normalize_encoding))["image"]
+                prob, target = explain_file(models, exp.cfg, path, out)
             except BadImageError as err:
                 log.error("%s: cannot decode (%s), skipped", path, err)
+                failed += 1
                 continue
-            (ov,), prob = explain_images(models, [image])
-            scale = max(1, 256 // ov.shape[0])
-            target = out / f"{Path(path).stem}_gradcam.png"
-            with atomic_path(target) as tmp:
-                Image.fromarray(ov).resize((ov.shape[1] * scale, ov.shape[0] * scale), Image.NEAREST).save(tmp, "PNG")
-            print(f"{path}\t{prob[0]:.4f}\t{target}")  # noqa: T201
-    except (ConfigError, GradCamUnsupported) as err:
-        log.error("%s", err)
-        return 2
-    return 0
+            print(f"{path}\t{prob:.4f}\t{target}")  # noqa: T201
+        return 2 if failed == len(args.images) else 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,15 @@ class _UnionFind:
         return np.array([self.find(i) for i in range(len(self.parent))])
 
 
+_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)  # set bits per byte value
+
+
+def popcount64(values: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (any shape), via a byte lookup table: works on NumPy 1.x and 2.x alike."""
+    values = np.ascontiguousarray(values, dtype=np.uint64)
+    return _BYTE_BITS[values.view(np.uint8)].reshape(*values.shape, 8).sum(axis=-1, dtype=np.int64)
+
+
 def _chunks(distance: int) -> list[tuple[int, int]]:
     """(shift, width) of the d+1 bit chunks covering 64 bits."""
     n = distance + 1
@@ -113,7 +122,7 @@ def close_pairs(hashes: np.ndarray, distance: int, block: int = 2048) -> np.ndar
                 continue
             for start in range(0, len(run), block):
                 part = run[start:start + block]
-                dist = np.bitwise_count(hashes[part][:, None] ^ hashes[run][None, :])
+                dist = popcount64(hashes[part][:, None] ^ hashes[run][None, :])
                 a, b = np.nonzero(dist <= distance)
                 keep = part[a] < run[b]
                 pairs.append(np.column_stack([part[a][keep], run[b][keep]]))

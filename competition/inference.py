@@ -1,21 +1,31 @@
-"""Batched prediction with test-time augmentation: views and native-scale crops in one forward pass.
+"""The one inference layer: an experiment's fold models, the eval geometry, and batched TTA prediction.
 
-Returns per-image probabilities averaged over TTA views and crops, plus the identity-view
-probability, so the TTA gain can be measured on the same OOF rows. Undecodable images get the
-fallback probability and are reported, never dropped.
+Training, OOF, test predictions, `predict`, `explain`, `report` and `serve` all go through here:
+- `eval_dataset`: the eval geometry (centre crop, or 5 native crops for TTA, or resize) decided once;
+- `predict`: views x crops in one forward pass per batch, TTA-averaged and identity-view probabilities;
+- `load_experiment` / `predict_experiment`: every fold's best model of a finished experiment, averaged.
+Undecodable images get the fallback probability and are reported, never dropped.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from competition.augment import tta_views
+from competition.augment import build_eval_transform, tta_views
+from competition.config import Config, ConfigError, load_saved_config
+from competition.dataset import ImageCache, ImageDataset, make_loader
+from competition.model import Detector, amp_dtype, load_detector
+from competition.project import Project
 
 
 @dataclass
@@ -25,6 +35,26 @@ class Predictions:
     prob: np.ndarray  # TTA-averaged probability of AI-generated
     prob_identity: np.ndarray  # identity view only (centre crop), for measuring TTA gain
     errors: dict[int, str]  # row index -> why the image could not be decoded (fallback used)
+
+
+@dataclass
+class Experiment:
+    """A finished experiment loaded for inference: its config, fold models, threshold and prior."""
+
+    name: str
+    cfg: Config
+    models: list[Detector]
+    threshold: float = 0.5  # the experiment's OOF-chosen threshold (metrics.json)
+    prior: float = 0.5  # share of AI images in training: the fallback for undecodable images
+    load_s: float = 0.0  # seconds spent loading the fold models
+    timing: dict = field(default_factory=dict)
+
+
+def eval_dataset(cfg: Config, paths: list[str], labels: np.ndarray | None = None, cache: ImageCache | None = None,
+                 tta: bool = True) -> ImageDataset:
+    """The images as the model sees them at evaluation: tta=True adds the configured native crops."""
+    transform = build_eval_transform(cfg.data, cfg.tta.crops if tta else 1)
+    return ImageDataset(paths, labels, transform, cache, encoding=cfg.data.normalize_encoding)
 
 
 @torch.no_grad()
@@ -43,26 +73,70 @@ def predict_views(model: torch.nn.Module, images: torch.Tensor, transforms: list
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, views: str = "identity",
-            fallback: float = 0.5, amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+            fallback: float = 0.5, amp: torch.dtype | None = None, channels_last: bool = False,
             desc: str = "predict") -> Predictions:
     """Run the model over a loader with the named TTA views; the first view is the identity."""
     model.eval()
     transforms = tta_views(views)
     n = len(loader.dataset)
-    prob = np.full(n, np.nan, dtype=np.float64)
-    prob_id = np.full(n, np.nan, dtype=np.float64)
+    prob, prob_id = np.full(n, np.nan), np.full(n, np.nan)
     errors: dict[int, str] = {}
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
     for images, _, index, error in tqdm(loader, desc=desc, leave=False, mininterval=2):
         p = predict_views(model, images.to(device, non_blocking=True), transforms, autocast, channels_last)
         idx = index.numpy()
         prob[idx] = p.mean(axis=(0, 2))
         prob_id[idx] = p[0, :, -1]  # identity view of the centre crop (last of five_crops)
-        for i, err in zip(idx, error):
-            if err:
-                errors[int(i)] = err
+        errors.update({int(i): err for i, err in zip(idx, error) if err})
     bad = np.fromiter(errors.keys(), dtype=np.int64, count=len(errors))
-    prob[bad] = fallback
-    prob_id[bad] = fallback
+    prob[bad], prob_id[bad] = fallback, fallback
     assert not np.isnan(prob).any(), "a row got no prediction"
     return Predictions(prob, prob_id, errors)
+
+
+def predict_dataset(model: Detector, dataset: ImageDataset, cfg: Config, device: torch.device, prior: float,
+                    desc: str, views: str | None = None) -> Predictions:
+    """A model's predictions over a dataset with the config's TTA views (or `views`), batch, AMP and layout."""
+    loader = make_loader(dataset, cfg, device, train=False)
+    return predict(model, loader, device, views or cfg.tta.views, prior, amp_dtype(cfg.train.amp, device),
+                   cfg.train.channels_last, desc=desc)
+
+
+def load_experiment(project: Project, name: str, device: torch.device) -> Experiment:
+    """Every fold's best model of an experiment, with its saved config, threshold and training prior."""
+    out = project.experiment_dir(name)
+    cfg = load_saved_config(out / "config.yaml")
+    checkpoints = sorted(out.glob("fold*/best.pt"))
+    if not checkpoints:
+        raise ConfigError(f"{out}: no fold*/best.pt - run `./run.sh {name}` first")
+    t0 = time.perf_counter()
+    models = [load_detector(ckpt, device, project) for ckpt in checkpoints]
+    metrics_file, oof_file = out / "metrics.json", out / "oof.csv"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    prior = float(pd.read_csv(oof_file)["target"].mean()) if oof_file.is_file() else 0.5
+    return Experiment(name, cfg, models, float(metrics.get("threshold", 0.5)), prior, time.perf_counter() - t0)
+
+
+def predict_experiment(exp: Experiment, paths: list[str], device: torch.device) -> tuple[np.ndarray, list[str]]:
+    """Fold-averaged TTA probabilities for image paths and the decode error per path ('' when fine)."""
+    dataset = eval_dataset(exp.cfg, paths)
+    t0 = time.perf_counter()
+    runs = [predict_dataset(m, dataset, exp.cfg, device, exp.prior, desc=f"{exp.name} fold model {k}")
+            for k, m in enumerate(exp.models)]
+    exp.timing["predict"] = exp.timing.get("predict", 0.0) + time.perf_counter() - t0
+    errors = runs[0].errors
+    return np.mean([r.prob for r in runs], axis=0), [errors.get(i, "") for i in range(len(paths))]
+
+
+def predict_image(exp: Experiment, image: np.ndarray) -> float:
+    """Fold-averaged TTA probability for one decoded RGB image (what `serve` answers)."""
+    batch = eval_dataset(exp.cfg, []).prepare(image)
+    batch = batch[None]
+    transforms = tta_views(exp.cfg.tta.views)
+    return float(np.mean([predict_views(m, batch.to(next(m.parameters()).device), transforms).mean()
+                          for m in exp.models]))
+
+
+def checkpoint_paths(project: Project, name: str) -> list[Path]:
+    """The fold checkpoints of an experiment, in fold order."""
+    return sorted(project.experiment_dir(name).glob("fold*/best.pt"))

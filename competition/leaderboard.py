@@ -1,7 +1,9 @@
 """experiments/LEADERBOARD.md: every experiment ranked by its OOF score, and every blend by its OOF score.
 
+    python -m competition.leaderboard          # regenerate and print it
+
 Regenerated from the metrics.json of each experiment and the .json sidecar of each submission, so it
-is always a pure function of what is on disk.
+is always a pure function of what is on disk. Unreadable files are named in a warning and left out.
 """
 
 from __future__ import annotations
@@ -9,31 +11,44 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 
-from competition import ROOT
+from competition import cli
 from competition.atomic import write_text
-from competition.config import EXPERIMENTS_DIR
 from competition.metrics import greater_is_better
+from competition.project import Project
 
 log = logging.getLogger(__name__)
-
-LEADERBOARD = EXPERIMENTS_DIR / "LEADERBOARD.md"
-SUBMISSIONS_DIR = ROOT / "submissions"
 
 
 REQUIRED = ("experiment", "metric", "oof_score", "fold_mean", "fold_std", "oof", "model", "img_size", "epochs",
             "tta", "wall_s")
 
 
-def load_metrics(directory: Path = EXPERIMENTS_DIR) -> list[dict]:
+def read_json(path: Path) -> dict | None:
+    """A JSON object from a file, or None (with a warning naming the file) when it is empty or broken."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        log.warning("%s: unreadable (%s), left out - delete it or rerun what wrote it", path, type(err).__name__)
+        return None
+    if not isinstance(data, dict):
+        log.warning("%s: not a JSON object, left out", path)
+        return None
+    return data
+
+
+def load_metrics(directory: Path) -> list[dict]:
     """metrics.json of every experiment folder that has a complete one (others are logged and skipped)."""
     out = []
     for path in sorted(directory.glob("*/metrics.json")):
-        data = json.loads(path.read_text())
-        ood = path.parent / "ood" / "metrics.json"
-        if ood.is_file():
-            data["ood_score"] = json.loads(ood.read_text()).get("oof_score")
+        data = read_json(path)
+        if data is None:
+            continue
+        ood = read_json(path.parent / "ood" / "metrics.json") if (path.parent / "ood" / "metrics.json").is_file() else None
+        if ood is not None:
+            data["ood_score"] = ood.get("oof_score")
         missing = [k for k in REQUIRED if k not in data]
         if missing:
             log.warning("%s: not on the leaderboard, missing %s", path, ", ".join(missing))
@@ -42,12 +57,12 @@ def load_metrics(directory: Path = EXPERIMENTS_DIR) -> list[dict]:
     return out
 
 
-def load_blends(directory: Path = SUBMISSIONS_DIR) -> list[dict]:
+def load_blends(directory: Path) -> list[dict]:
     """Sidecars of every blend written by competition.ensemble."""
     out = []
     for path in sorted(directory.glob("*.json")):
-        data = json.loads(path.read_text())
-        if "members" in data:
+        data = read_json(path)
+        if data is not None and "members" in data:
             out.append({**data, "file": path.with_suffix(".csv").name})
     return out
 
@@ -102,13 +117,25 @@ def render(experiments: list[dict], blends: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboard(path: Path = LEADERBOARD) -> Path:
+def write_leaderboard(project: Project) -> Path:
     """Regenerate the leaderboard file from disk."""
-    write_text(path, render(load_metrics(path.parent), load_blends()))
+    path = project.leaderboard
+    write_text(path, render(load_metrics(project.experiments), load_blends(project.submissions)))
     log.info("leaderboard: %s", path)
     return path
 
 
+def main(argv: list[str] | None = None, project: Project | None = None) -> int:
+    """CLI: regenerate experiments/LEADERBOARD.md and print it."""
+    cli.parser(__doc__).parse_args(argv)
+    project = project or Project.from_env()
+
+    def body() -> int:
+        print(write_leaderboard(project).read_text())  # noqa: T201 - the CLI's answer
+        return 0
+
+    return cli.run(body)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    print(Path(write_leaderboard()).read_text())  # noqa: T201 - CLI output
+    sys.exit(main())

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from competition.config import ModelConfig, resolve_path
+from competition.config import ModelConfig, from_dict
+from competition.errors import ConfigError
+from competition.project import Project
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +44,11 @@ class Detector(nn.Module):
         return self.backbone(self.prepare(images)).squeeze(1)
 
 
-def local_weights(cfg: ModelConfig) -> tuple[Path | None, dict]:
+def local_weights(cfg: ModelConfig, project: Project) -> tuple[Path | None, dict]:
     """(weights file, models.json entry) for cfg.name: pretrained_file wins, else weights_dir/models.json."""
     if cfg.pretrained_file:
-        return resolve_path(cfg.pretrained_file), {}
-    index = resolve_path(cfg.weights_dir) / "models.json"
+        return project.resolve(cfg.pretrained_file), {}
+    index = project.resolve(cfg.weights_dir) / "models.json"
     if not index.is_file():
         return None, {}
     for entry in json.loads(index.read_text()).get("models", []):
@@ -55,21 +57,21 @@ def local_weights(cfg: ModelConfig) -> tuple[Path | None, dict]:
     return None, {}
 
 
-def build_model(cfg: ModelConfig, quiet: bool = False) -> Detector:
-    """Create the timm backbone (one output), load weights as configured, wrap it in a Detector."""
+def create_kwargs(cfg: ModelConfig, entry: dict) -> dict:
+    """timm.create_model keyword arguments: one output, dropout, and the weights' own architecture kwargs."""
     kwargs: dict = {"num_classes": 1, "drop_rate": cfg.drop_rate}
     if cfg.drop_path_rate > 0:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
-    file, entry = local_weights(cfg)  # its create kwargs define the architecture, pretrained or not
-    kwargs.update(entry.get("create_model_kwargs", {}))
+    kwargs.update(entry.get("create_model_kwargs", {}))  # they define the architecture, pretrained or not
+    return kwargs
+
+
+def build_model(cfg: ModelConfig, project: Project, quiet: bool = False) -> Detector:
+    """Create the timm backbone (one output), load weights as configured, wrap it in a Detector."""
+    file, entry = local_weights(cfg, project)
+    kwargs = create_kwargs(cfg, entry)
     if cfg.pretrained and file is not None:
-        if not file.is_file():
-            raise FileNotFoundError(f"weights file {file} not found; fix model.pretrained_file or model.weights_dir")
-        overlay = {"file": str(file)}
-        if entry.get("mean"):
-            overlay.update(mean=tuple(entry["mean"]), std=tuple(entry["std"]))
-        backbone = timm.create_model(cfg.name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-        log.info("%s: ImageNet weights from %s", cfg.name, file)
+        backbone = _from_local_file(cfg.name, file, entry, kwargs)
     elif cfg.pretrained:
         try:
             backbone = timm.create_model(cfg.name, pretrained=True, **kwargs)
@@ -85,7 +87,39 @@ def build_model(cfg: ModelConfig, quiet: bool = False) -> Detector:
             log.info("%s: random initialisation (model.pretrained=false)", cfg.name)
     _reset_head(backbone)
     data_cfg = timm.data.resolve_data_config({}, model=backbone)
-    return Detector(backbone, tuple(data_cfg["mean"]), tuple(data_cfg["std"]), cfg.input_upscale)
+    detector = Detector(backbone, tuple(data_cfg["mean"]), tuple(data_cfg["std"]), cfg.input_upscale)
+    detector.create_kwargs = kwargs  # saved in checkpoints, so a checkpoint rebuilds without models.json
+    return detector
+
+
+def _from_local_file(name: str, file: Path, entry: dict, kwargs: dict) -> nn.Module:
+    """A timm backbone with ImageNet weights from a local file (mean/std from models.json when given)."""
+    if not file.is_file():
+        raise FileNotFoundError(f"weights file {file} not found; fix model.pretrained_file or model.weights_dir")
+    overlay = {"file": str(file)}
+    if entry.get("mean"):
+        overlay.update(mean=tuple(entry["mean"]), std=tuple(entry["std"]))
+    backbone = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    log.info("%s: ImageNet weights from %s", name, file)
+    return backbone
+
+
+def load_detector(path: Path, device: torch.device, project: Project | None = None) -> Detector:
+    """Rebuild a Detector from a self-describing best.pt (weights_only load): architecture, kwargs, weights.
+
+    Checkpoints written before create kwargs were saved fall back to models.json (needs the project)."""
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    cfg = from_dict(ckpt["config"])
+    kwargs = ckpt.get("create_kwargs")
+    if kwargs is None:
+        kwargs = create_kwargs(cfg.model, local_weights(cfg.model, project or Project.from_env())[1])
+    backbone = timm.create_model(cfg.model.name, pretrained=False, **kwargs)
+    model = Detector(backbone, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), cfg.model.input_upscale).to(device)
+    model.load_state_dict(ckpt["model"])  # mean/std buffers come with the weights
+    model.create_kwargs = kwargs
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval()
 
 
 def _reset_head(backbone: nn.Module) -> None:
@@ -102,7 +136,8 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+        raise ConfigError("device cuda asked for, but no CUDA device is visible; use --device auto/cpu "
+                          "(train.device=auto or cpu)")
     return torch.device(name)
 
 

@@ -4,17 +4,15 @@
     python -m competition.predict submissions/<blend>.json PATH ...
 
 PATHs are images or folders (searched recursively). One line per image: path, probability that it is
-AI-generated, and the label at the saved threshold. Undecodable images get the training prior and
-are flagged, never dropped.
+AI-generated, and the label at the saved threshold. Unreadable images are flagged with the reason and
+get no label (-1 in the CSV); no path is ever dropped.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,56 +20,25 @@ import pandas as pd
 import torch
 from scipy.special import expit, logit
 
-from competition.augment import build_eval_transform
+from competition import cli
 from competition.atomic import write_csv
-from competition.config import EXPERIMENTS_DIR, Config, ConfigError, load_saved_config
-from competition.dataset import ImageDataset
+from competition.config import ConfigError, is_override
+from competition.errors import DataError
+from competition.inference import load_experiment, predict_experiment
 from competition.model import pick_device
-from competition.tables import IMAGE_SUFFIXES
-from competition.train import load_detector, predict_fold
+from competition.project import Project
+from competition.tables import list_images
 
 log = logging.getLogger(__name__)
 
 
 def expand_paths(items: list[str]) -> list[str]:
-    """Files as given, folders expanded to the image files below them (sorted)."""
+    """Files as given, folders expanded to the image files below them (sorted; other files named in a warning)."""
     out = []
     for item in items:
         path = Path(item)
-        if path.is_dir():
-            out += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        else:
-            out.append(str(path))
+        out += list_images(path) if path.is_dir() else [str(path)]
     return out
-
-
-def predict_experiment(name: str, paths: list[str], device: torch.device,
-                       timing: dict | None = None) -> tuple[np.ndarray, list[str], float]:
-    """Fold-averaged TTA probabilities for paths, the error per path, and the experiment's threshold.
-
-    timing, when given, accumulates seconds spent loading models ("load") and predicting ("predict").
-    """
-    timing = {} if timing is None else timing
-    out = EXPERIMENTS_DIR / name
-    cfg: Config = load_saved_config(out / "config.yaml")
-    metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
-    prior = float(pd.read_csv(out / "oof.csv")["target"].mean()) if (out / "oof.csv").is_file() else 0.5
-    crops = {"crops": cfg.tta.crops, "crop_size": cfg.data.img_size} if cfg.data.augment != "resize" else {}
-    ds = ImageDataset(paths, None, build_eval_transform(cfg.data), None, encoding=cfg.data.normalize_encoding, **crops)
-    checkpoints = sorted(out.glob("fold*/best.pt"))
-    if not checkpoints:
-        raise ConfigError(f"{out}: no fold*/best.pt - run `./run.sh {name}` first")
-    probs, errors = [], {}
-    for ckpt in checkpoints:
-        t0 = time.perf_counter()
-        model = load_detector(ckpt, cfg, device)
-        t1 = time.perf_counter()
-        preds = predict_fold(model, ds, cfg, device, prior, desc=f"{name} {ckpt.parent.name}")
-        timing["load"] = timing.get("load", 0.0) + t1 - t0
-        timing["predict"] = timing.get("predict", 0.0) + time.perf_counter() - t1
-        probs.append(preds.prob)
-        errors = preds.errors
-    return np.mean(probs, axis=0), [errors.get(i, "") for i in range(len(paths))], float(metrics.get("threshold", 0.5))
 
 
 def combine(sidecar: dict, member_probs: np.ndarray) -> np.ndarray:
@@ -94,42 +61,72 @@ def combine(sidecar: dict, member_probs: np.ndarray) -> np.ndarray:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def read_sidecar(path: Path) -> dict:
+    """A blend's .json sidecar written by competition.ensemble, checked to be one."""
+    try:
+        sidecar = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: not a readable blend sidecar ({type(err).__name__}); pass the .json that "
+                          f"`competition.ensemble` wrote") from None
+    if not isinstance(sidecar, dict) or "members" not in sidecar:
+        raise ConfigError(f"{path}: not a blend sidecar (no `members`); pass the .json that competition.ensemble wrote")
+    return sidecar
+
+
+def predict_paths(project: Project, target: str, paths: list[str], device: torch.device) -> tuple[pd.DataFrame, dict]:
+    """path, prob, label, error for every path (none dropped), and timings {load, predict} in seconds."""
+    sidecar = read_sidecar(Path(target)) if target.endswith(".json") else None
+    members = sidecar["members"] if sidecar else [target]
+    exps = [load_experiment(project, m, device) for m in members]
+    runs = [predict_experiment(e, paths, device) for e in exps]
+    prob = combine(sidecar, np.column_stack([r[0] for r in runs])) if sidecar else runs[0][0]
+    threshold = float(sidecar.get("threshold") or 0.5) if sidecar else exps[0].threshold
+    errors = runs[0][1]
+    label = np.where([e == "" for e in errors], (prob >= threshold).astype(int), -1)  # -1: no image, no label
+    frame = pd.DataFrame({"path": paths, "prob": prob, "label": label, "error": errors})
+    timing = {"load": sum(e.load_s for e in exps), "predict": sum(e.timing["predict"] for e in exps),
+              "threshold": threshold}
+    return frame, timing
+
+
+def print_predictions(frame: pd.DataFrame) -> None:
+    """One tab-separated line per image: path, probability, label (kind), and why when unreadable."""
+    for row in frame.itertuples():
+        if row.error:
+            print(f"{row.path}\t-\t- (UNREADABLE: {row.error})")  # noqa: T201
+            continue
+        kind = "AI-generated" if row.label else "human-made"
+        print(f"{row.path}\t{row.prob:.4f}\t{row.label} ({kind})")  # noqa: T201
+
+
+def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__, device=True)
     parser.add_argument("model", help="experiment name, or a blend's submissions/<name>.json")
     parser.add_argument("paths", nargs="+", help="images or folders")
     parser.add_argument("--csv", type=Path, help="also write path,prob,label,error to this CSV")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    paths = expand_paths(args.paths)
-    if not paths:
-        log.error("no images found in %s", args.paths)
-        return 2
-    device = pick_device(args.device)
-    timing: dict = {}
-    try:
-        if args.model.endswith(".json"):
-            sidecar = json.loads(Path(args.model).read_text())
-            runs = [predict_experiment(m, paths, device, timing) for m in sidecar["members"]]
-            prob = combine(sidecar, np.column_stack([r[0] for r in runs]))
-            errors, threshold = runs[0][1], sidecar.get("threshold") or 0.5
-        else:
-            prob, errors, threshold = predict_experiment(args.model, paths, device, timing)
-    except (ConfigError, FileNotFoundError) as err:
-        log.error("%s", err)
-        return 2
-    frame = pd.DataFrame({"path": paths, "prob": prob, "label": (prob >= threshold).astype(int), "error": errors})
-    for row in frame.itertuples():
-        kind = "AI-generated" if row.label else "human-made"
-        print(f"{row.path}\t{row.prob:.4f}\t{row.label} ({kind}){chr(9) + 'UNREADABLE: ' + row.error if row.error else ''}")  # noqa: T201
-    if args.csv:
-        write_csv(args.csv, frame)
-    log.info("%d images: %.1f images/s (%.2fs predicting with every fold model and TTA; %.1fs loading models), "
-             "threshold %.3f", len(paths), len(paths) / max(timing["predict"], 1e-9), timing["predict"], timing["load"],
-             threshold)
-    return 0
+    project = project or Project.from_env()
+
+    def body() -> int:
+        if any(is_override(p) for p in args.paths):
+            raise ConfigError("predict uses the experiment's saved config; it takes no section.key=value overrides")
+        paths = expand_paths(args.paths)
+        if not paths:
+            raise DataError(f"no images found in {args.paths}")
+        frame, timing = predict_paths(project, args.model, paths, pick_device(args.device))
+        print_predictions(frame)
+        if args.csv:
+            write_csv(args.csv, frame)
+        unreadable = int((frame["error"] != "").sum())
+        if unreadable:
+            log.warning("%d of %d image(s) unreadable: no label given (label -1 in the CSV)", unreadable, len(frame))
+        log.info("%d images: %.1f images/s (%.2fs predicting with every fold model and TTA; %.1fs loading models), "
+                 "threshold %.3f", len(paths), len(paths) / max(timing["predict"], 1e-9), timing["predict"],
+                 timing["load"], timing["threshold"])
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ of each kind with Grad-CAM overlays (when the backbone allows).
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
@@ -23,10 +22,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay  # noqa: E402
 
+from competition import cli  # noqa: E402
 from competition.atomic import atomic_path, write_text  # noqa: E402
-from competition.config import EXPERIMENTS_DIR, ConfigError  # noqa: E402
+from competition.dataset import BadImageError, decode_image  # noqa: E402
+from competition.errors import ConfigError, KitError  # noqa: E402
+from competition.explain import GradCamUnsupported, eval_crop, explain_images  # noqa: E402
+from competition.inference import load_experiment  # noqa: E402
+from competition.project import Project  # noqa: E402
 from competition.tables import data_dir  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -100,28 +105,19 @@ def confidently_wrong(oof: pd.DataFrame, threshold: float, n: int = N_WRONG) -> 
     return {"false positives (human images called AI)": fp, "false negatives (AI images called human)": fn}
 
 
-def plot_wrong(name: str, wrong: dict[str, pd.DataFrame]) -> plt.Figure | None:
+def plot_wrong(project: Project, name: str, wrong: dict[str, pd.DataFrame]) -> plt.Figure | None:
     """Grids of confidently wrong images with their fold-averaged Grad-CAM overlays."""
-    from competition.augment import build_eval_transform
-    from competition.dataset import BadImageError, decode_image, normalize_encoding
-    from competition.explain import GradCamUnsupported, explain_images, load_fold_models
-
-    models, cfg = load_fold_models(name)
-    root, crop = data_dir(cfg.competition), build_eval_transform(cfg.data)
-    rows = [(kind, r) for kind, frame in wrong.items() for r in frame.itertuples()]
-    if not rows:
+    if not any(len(frame) for frame in wrong.values()):
         return None
+    exp = load_experiment(project, name, torch.device("cpu"))
+    models = [m.to(memory_format=torch.contiguous_format) for m in exp.models]
+    root = data_dir(exp.cfg.competition, project)
     fig, axes = plt.subplots(len(wrong) * 2, N_WRONG, figsize=(N_WRONG * 1.6, len(wrong) * 3.8), squeeze=False,
                              gridspec_kw={"hspace": 0.35})
     for ax in axes.flat:
         ax.axis("off")
     for k, (kind, frame) in enumerate(wrong.items()):
-        images = []
-        for r in frame.itertuples():
-            try:
-                images.append(crop(image=normalize_encoding(decode_image(str(root / r.id)), cfg.data.normalize_encoding))["image"])
-            except BadImageError:
-                images.append(np.zeros((cfg.data.img_size, cfg.data.img_size, 3), np.uint8))
+        images = [_crop_or_blank(exp.cfg, root / r.id) for r in frame.itertuples()]
         try:
             overlays = explain_images(models, images)[0] if images else []
         except GradCamUnsupported as err:
@@ -136,15 +132,25 @@ def plot_wrong(name: str, wrong: dict[str, pd.DataFrame]) -> plt.Figure | None:
     return fig
 
 
+def _crop_or_blank(cfg, path: Path) -> np.ndarray:
+    """The eval crop of an image, or a black square when it cannot be decoded."""
+    try:
+        return eval_crop(cfg, decode_image(str(path)))
+    except BadImageError:
+        return np.zeros((cfg.data.img_size, cfg.data.img_size, 3), np.uint8)
+
+
 def _embed(path: Path) -> str:
     """An <img> tag with the PNG inlined as base64."""
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
 
 
-def write_report(name: str) -> Path:
+def write_report(project: Project, name: str) -> Path:
     """Write every plot of an experiment to <exp>/report/*.png and a self-contained <exp>/report.html."""
-    out = EXPERIMENTS_DIR / name
+    out = project.experiment_dir(name)
+    if not (out / "metrics.json").is_file() or not (out / "oof.csv").is_file():
+        raise ConfigError(f"{out}: no metrics.json/oof.csv - run `./run.sh {name}` first")
     metrics = json.loads((out / "metrics.json").read_text())
     oof = pd.read_csv(out / "oof.csv", dtype={"id": str})
     threshold = float(metrics.get("threshold", 0.5))
@@ -152,10 +158,10 @@ def write_report(name: str) -> Path:
     for key, fig in plot_oof(oof, threshold).items():
         pngs[key] = _save(fig, out / "report" / f"{key}.png")
     try:
-        fig = plot_wrong(name, confidently_wrong(oof, threshold))
+        fig = plot_wrong(project, name, confidently_wrong(oof, threshold))
         if fig is not None:
             pngs["wrong"] = _save(fig, out / "report" / "confidently_wrong.png")
-    except (ConfigError, FileNotFoundError) as err:
+    except (KitError, FileNotFoundError) as err:
         log.warning("no confidently-wrong grid: %s", err)
     folds = "".join(f"<tr><td>{f['fold']}</td><td>{f['score']:.5f}</td><td>{f['score_identity']:.5f}</td>"
                     f"<td>{f['best_epoch']}</td><td>{f['epochs_run']}</td></tr>" for f in metrics["folds"])
@@ -178,18 +184,18 @@ threshold {threshold:.3f}; wall time {metrics['wall_s'] / 60:.1f} min.</p>
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("experiment")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        print(write_report(args.experiment))  # noqa: T201
-    except (ConfigError, FileNotFoundError) as err:
-        log.error("%s", err)
-        return 2
-    return 0
+    project = project or Project.from_env()
+
+    def body() -> int:
+        print(write_report(project, args.experiment))  # noqa: T201
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

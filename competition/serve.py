@@ -1,6 +1,6 @@
 """A small web page and JSON API: drop an image, see P(AI-generated), the label and a Grad-CAM overlay.
 
-    python -m competition.serve exp001 [--port 8000] [--host 127.0.0.1]
+    python -m competition.serve exp001 [--port 8000] [--host 127.0.0.1] [--device auto|cpu|cuda]
     python -m competition.serve submissions/<blend>.json
 
 GET /            the page (drag and drop, or choose a file)
@@ -12,7 +12,6 @@ Binds to 127.0.0.1 by default. Non-images get 415, uploads over --max-mb get 413
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import json
@@ -26,12 +25,13 @@ from fastapi import FastAPI, File, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse
 from PIL import Image
 
-from competition.augment import build_eval_transform, five_crops, to_tensor, tta_views
-from competition.config import EXPERIMENTS_DIR, ConfigError
-from competition.dataset import BadImageError, decode_image, normalize_encoding
-from competition.explain import GradCamUnsupported, explain_images, load_fold_models
-from competition.inference import predict_views
-from competition.predict import combine
+from competition import cli
+from competition.dataset import BadImageError, decode_image
+from competition.explain import GradCamUnsupported, eval_crop, explain_images
+from competition.inference import load_experiment, predict_image
+from competition.model import pick_device
+from competition.predict import combine, read_sidecar
+from competition.project import Project
 
 log = logging.getLogger(__name__)
 
@@ -68,38 +68,24 @@ drop.addEventListener('drop', e => { e.preventDefault(); drop.classList.remove('
 class Predictor:
     """Fold models of one experiment, or of every member of a blend, held in memory."""
 
-    def __init__(self, target: str):
+    def __init__(self, project: Project, target: str, device: torch.device | None = None):
         self.name = target
-        if target.endswith(".json"):
-            self.sidecar = json.loads(Path(target).read_text())
-            members = self.sidecar["members"]
-            self.threshold = float(self.sidecar.get("threshold") or 0.5)
-        else:
-            self.sidecar, members = None, [target]
-            metrics = EXPERIMENTS_DIR / target / "metrics.json"
-            self.threshold = float(json.loads(metrics.read_text()).get("threshold", 0.5)) if metrics.is_file() else 0.5
-        self.members = [load_fold_models(m) for m in members]
-
-    def _member_prob(self, models, cfg, image: np.ndarray) -> float:
-        image = normalize_encoding(image, cfg.data.normalize_encoding)
-        if cfg.tta.crops > 1 and cfg.data.augment != "resize":
-            batch = to_tensor(five_crops(image, cfg.data.img_size))[None]
-        else:
-            batch = to_tensor(build_eval_transform(cfg.data)(image=image)["image"])[None]
-        with torch.no_grad():
-            return float(np.mean([predict_views(m, batch, tta_views(cfg.tta.views)).mean() for m in models]))
+        device = device or torch.device("cpu")
+        self.sidecar = read_sidecar(Path(target)) if target.endswith(".json") else None
+        members = self.sidecar["members"] if self.sidecar else [target]
+        self.members = [load_experiment(project, m, device) for m in members]
+        self.threshold = float(self.sidecar.get("threshold") or 0.5) if self.sidecar else self.members[0].threshold
 
     def predict(self, image: np.ndarray) -> dict:
         """Probability, label and a Grad-CAM overlay (first member) for one RGB image."""
-        probs = np.array([[self._member_prob(models, cfg, image) for models, cfg in self.members]])
+        probs = np.array([[predict_image(exp, image) for exp in self.members]])
         prob = float(combine(self.sidecar, probs)[0]) if self.sidecar else float(probs[0, 0])
         label = int(prob >= self.threshold)
         out = {"prob": prob, "label": label, "label_name": "AI-generated" if label else "human-made",
                "threshold": self.threshold, "model": self.name, "gradcam_png": None}
-        models, cfg = self.members[0]
-        crop = build_eval_transform(cfg.data)(image=normalize_encoding(image, cfg.data.normalize_encoding))["image"]
+        first = self.members[0]
         try:
-            (overlay,), _ = explain_images(models, [crop])
+            (overlay,), _ = explain_images(first.models, [eval_crop(first.cfg, image)])
             scale = max(1, 256 // overlay.shape[0])
             buf = io.BytesIO()
             Image.fromarray(overlay).resize((overlay.shape[1] * scale, overlay.shape[0] * scale), Image.NEAREST).save(buf, "PNG")
@@ -138,25 +124,25 @@ def create_app(predictor: Predictor, max_mb: float = 20.0) -> FastAPI:
     return app
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point."""
     import uvicorn
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__, device=True)
     parser.add_argument("model", help="experiment name, or a blend's submissions/<name>.json")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-mb", type=float, default=20.0, help="largest accepted upload")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        predictor = Predictor(args.model)
-    except (ConfigError, FileNotFoundError) as err:
-        log.error("%s", err)
-        return 2
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    uvicorn.run(create_app(predictor, args.max_mb), host=args.host, port=args.port, log_level="info")
-    return 0
+    project = project or Project.from_env()
+
+    def body() -> int:
+        predictor = Predictor(project, args.model, pick_device(args.device))
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        uvicorn.run(create_app(predictor, args.max_mb), host=args.host, port=args.port, log_level="info")
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

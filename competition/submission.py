@@ -15,18 +15,20 @@ import pandas as pd
 
 from competition.atomic import write_csv
 from competition.config import CompetitionConfig
+from competition.errors import KitError
+from competition.project import Project
 from competition.tables import load_sample_submission
 
 log = logging.getLogger(__name__)
 
 
-class SubmissionError(ValueError):
+class SubmissionError(KitError, ValueError):
     """A submission that Kaggle would reject or score wrongly."""
 
 
-def expected_frame(comp: CompetitionConfig, test_ids: pd.Series | None = None) -> pd.DataFrame:
+def expected_frame(comp: CompetitionConfig, project: Project, test_ids: pd.Series | None = None) -> pd.DataFrame:
     """The sample submission (or, when there is none, the test ids) that a submission must match."""
-    sample = load_sample_submission(comp)
+    sample = load_sample_submission(comp, project)
     if sample is not None:
         return sample
     if test_ids is None:
@@ -34,9 +36,9 @@ def expected_frame(comp: CompetitionConfig, test_ids: pd.Series | None = None) -
     return pd.DataFrame({comp.id_column: test_ids.values, comp.target_column: 0})
 
 
-def build_submission(comp: CompetitionConfig, ids: pd.Series, values: np.ndarray) -> pd.DataFrame:
+def build_submission(comp: CompetitionConfig, project: Project, ids: pd.Series, values: np.ndarray) -> pd.DataFrame:
     """Put predictions keyed by test id into the sample submission's order and header."""
-    expected = expected_frame(comp, ids)
+    expected = expected_frame(comp, project, ids)
     by_id = pd.Series(np.asarray(values), index=ids.astype(str).values)
     if by_id.index.duplicated().any():
         raise SubmissionError(f"duplicate test ids in the predictions: {list(by_id.index[by_id.index.duplicated()][:3])}")
@@ -49,9 +51,10 @@ def build_submission(comp: CompetitionConfig, ids: pd.Series, values: np.ndarray
     return frame
 
 
-def validate_submission(frame: pd.DataFrame, comp: CompetitionConfig, test_ids: pd.Series | None = None) -> None:
+def validate_submission(frame: pd.DataFrame, comp: CompetitionConfig, project: Project,
+                        test_ids: pd.Series | None = None) -> None:
     """Raise SubmissionError describing the first problem; return quietly for a valid submission."""
-    expected = expected_frame(comp, test_ids)
+    expected = expected_frame(comp, project, test_ids)
     want_cols = [comp.id_column, comp.target_column]
     if list(frame.columns) != want_cols:
         raise SubmissionError(f"columns are {list(frame.columns)}; the competition wants exactly {want_cols}")
@@ -80,9 +83,9 @@ def validate_submission(frame: pd.DataFrame, comp: CompetitionConfig, test_ids: 
         raise SubmissionError(f"probabilities must lie in [0, 1]; range is [{values.min():.4g}, {values.max():.4g}]")
 
 
-def write_submission(path: Path, frame: pd.DataFrame, comp: CompetitionConfig) -> Path:
+def write_submission(path: Path, frame: pd.DataFrame, comp: CompetitionConfig, project: Project) -> Path:
     """Validate, then write atomically; labels are written as integers."""
-    validate_submission(frame, comp)
+    validate_submission(frame, comp, project)
     if comp.submission_values == "label":
         frame = frame.assign(**{comp.target_column: frame[comp.target_column].astype(int)})
     write_csv(path, frame)

@@ -9,7 +9,6 @@ argument list (no shell), so no user string is ever interpreted by a shell.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -19,14 +18,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from competition.config import CompetitionConfig, ConfigError, load_config
+from competition import cli
+from competition.config import CompetitionConfig, load_config
+from competition.errors import KitError
+from competition.project import Project
 from competition.submission import SubmissionError, validate_submission
-from competition.tables import DataError
 
 log = logging.getLogger(__name__)
 
 
-class UploadError(RuntimeError):
+class UploadError(KitError, RuntimeError):
     """The upload failed; the message says why and what to do."""
 
 
@@ -66,33 +67,37 @@ def upload(path: Path, message: str, slug: str, kaggle: str = "kaggle") -> str:
     return output.strip()
 
 
-def submit(path: Path, message: str, comp: CompetitionConfig, dry_run: bool = False) -> str:
+def submit(path: Path, message: str, comp: CompetitionConfig, project: Project, dry_run: bool = False) -> str:
     """Validate the file, then upload it unless dry_run."""
     if not path.is_file():
         raise SubmissionError(f"{path} not found")
     frame = pd.read_csv(path, dtype={comp.id_column: str})
-    validate_submission(frame, comp)
+    validate_submission(frame, comp, project)
     log.info("%s: valid (%d rows)", path, len(frame))
     if dry_run:
         return "dry run: validated, not uploaded"
     return upload(path, message, comp.slug)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("file", type=Path)
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides of competition.yaml")
     parser.add_argument("-m", "--message", default="", help="submission description shown on Kaggle")
     parser.add_argument("--dry-run", action="store_true", help="validate only")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        comp = load_config(check_model=False).competition
-        log.info("%s", submit(args.file, args.message or args.file.stem, comp, args.dry_run))
-    except (SubmissionError, UploadError, ConfigError, DataError) as err:
-        log.error("%s: %s", args.file, err)
-        return 2
-    return 0
+    project = project or Project.from_env()
+
+    def body() -> int:
+        comp = load_config("", args.overrides, project, check_model=False).competition
+        try:
+            log.info("%s", submit(args.file, args.message or args.file.stem, comp, project, args.dry_run))
+        except KitError as err:
+            raise type(err)(f"{args.file}: {err}") from None
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -14,20 +14,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from competition.config import CompetitionConfig, resolve_path
+from PIL import Image
+
+from competition.config import CompetitionConfig
+from competition.errors import DataError
+from competition.project import Project
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+__all__ = ["DataError", "IMAGE_SUFFIXES", "data_dir", "list_images", "load_train_table", "load_test_table",
+           "load_sample_submission"]
+
+# Every suffix Pillow can open (.jfif, .jpe, .avif with the plugin, ...), not a hand-written list.
+IMAGE_SUFFIXES = frozenset(s.lower() for s in Image.registered_extensions()) | {".jpg", ".jpeg", ".png", ".webp"}
 
 
-class DataError(ValueError):
-    """A data table is unusable; the message names the file, the rows and the fix."""
-
-
-def data_dir(comp: CompetitionConfig) -> Path:
+def data_dir(comp: CompetitionConfig, project: Project) -> Path:
     """The competition's data folder, checked to exist."""
-    path = resolve_path(comp.data_dir)
+    path = project.resolve(comp.data_dir)
     if not path.is_dir():
         raise DataError(
             f"data folder {path} not found; download the competition there or set `competition.data_dir` "
@@ -107,9 +111,15 @@ def _check_labels(frame: pd.DataFrame, file: Path, column: str) -> pd.Series:
     return labels.astype(int)
 
 
-def _list_images(folder: Path) -> list[str]:
-    """Image files below folder, as sorted paths relative to folder's parent data dir."""
-    return sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def list_images(folder: Path) -> list[str]:
+    """Image files below folder (sorted); every other file is counted and named in a warning, never dropped silently."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    images = [str(p) for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if skipped:
+        log.warning("%s: %d file(s) skipped, not an image type Pillow opens: %s%s", folder, len(skipped),
+                    ", ".join(skipped[:10]), " ..." if len(skipped) > 10 else "")
+    return images
 
 
 def _train_from_folders(comp: CompetitionConfig, root: Path) -> pd.DataFrame:
@@ -121,30 +131,41 @@ def _train_from_folders(comp: CompetitionConfig, root: Path) -> pd.DataFrame:
         path = root / folder
         if not path.is_dir():
             raise DataError(f"class folder {path} not found - fix `competition.class_folders` in competition.yaml")
-        files = _list_images(path)
+        files = list_images(path)
         if not files:
             raise DataError(f"class folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         rows += [(os.path.relpath(f, root), label) for f in files]
     return pd.DataFrame(rows, columns=["id", "label"])
 
 
-def load_train_table(comp: CompetitionConfig) -> pd.DataFrame:
-    """Training rows as `id, path, label` (+ `group` when the CSV has a group column), checked."""
-    root = data_dir(comp)
+def read_table(file: Path, what: str) -> pd.DataFrame:
+    """A competition CSV with every cell as text (ids like 00012 stay 00012), or one clear error."""
+    if not file.is_file():
+        raise DataError(f"{file} not found - set `competition.{what}` in competition.yaml")
+    try:
+        return pd.read_csv(file, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{file}: not a readable CSV ({reason}) - check the file and `competition.{what}`") from None
+
+
+def load_train_table(comp: CompetitionConfig, project: Project, group_column: str = "") -> pd.DataFrame:
+    """Training rows as `id, path, label` (+ `group` from `group_column`), checked. Other columns are not kept,
+    so a train.csv column named id, path or fold can never overwrite the kit's own."""
+    root = data_dir(comp, project)
     if comp.train_csv:
         file = root / comp.train_csv
-        if not file.is_file():
-            raise DataError(f"{file} not found - set `competition.train_csv` (or class_folders) in competition.yaml")
-        raw = pd.read_csv(file)
+        raw = read_table(file, "train_csv")
         _require_columns(raw, [comp.path_column], file, "path_column")
         _require_columns(raw, [comp.label_column], file, "label_column")
         frame = pd.DataFrame({"id": raw[comp.path_column].astype(str)})
         frame["label"] = _check_labels(raw, file, comp.label_column)
-        for col in raw.columns:
-            if col not in (comp.path_column, comp.label_column) and not str(col).startswith("Unnamed"):
-                frame[col] = raw[col].values
+        if group_column:
+            frame["group"] = _group_values(raw, file, group_column)
     elif comp.class_folders:
         file = root
+        if group_column:
+            raise DataError("`folds.group_column` needs a train.csv; the image-folder layout has no columns")
         frame = _train_from_folders(comp, root)
     else:
         raise DataError("competition.yaml: set `competition.train_csv` or `competition.class_folders`")
@@ -154,48 +175,63 @@ def load_train_table(comp: CompetitionConfig) -> pd.DataFrame:
     return frame
 
 
-def load_test_table(comp: CompetitionConfig) -> pd.DataFrame:
+def _group_values(raw: pd.DataFrame, file: Path, column: str) -> pd.Series:
+    """The group column as text; blank cells are refused (they would silently join one giant group)."""
+    if column not in raw.columns:
+        raise DataError(f"{file}: `folds.group_column: {column}` is not a column ({', '.join(map(str, raw.columns))}) "
+                        f"- fix folds.group_column in competition.yaml")
+    values = raw[column].astype(str).str.strip()
+    blank = values == ""
+    if blank.any():
+        raise DataError(f"{file}: group column {column!r} is blank in {_rows(raw, blank, column)} - give every row a "
+                        f"group (its own id for a singleton)")
+    return values
+
+
+def load_test_table(comp: CompetitionConfig, project: Project) -> pd.DataFrame:
     """Test rows as `id, path, missing`, in the competition's order; missing files are kept, flagged."""
-    root = data_dir(comp)
+    root = data_dir(comp, project)
     if comp.test_csv:
         file = root / comp.test_csv
-        if not file.is_file():
-            raise DataError(f"{file} not found - set `competition.test_csv` (or test_folder) in competition.yaml")
-        raw = pd.read_csv(file)
+        raw = read_table(file, "test_csv")
         _require_columns(raw, [comp.test_path_column], file, "test_path_column")
         frame = pd.DataFrame({"id": raw[comp.test_path_column].astype(str)})
     elif comp.test_folder:
         file = root / comp.test_folder
-        frame = pd.DataFrame({"id": [os.path.relpath(f, root) for f in _list_images(file)]})
+        if not file.is_dir():
+            raise DataError(f"test folder {file} not found - fix `competition.test_folder` in competition.yaml")
+        frame = pd.DataFrame({"id": [os.path.relpath(f, root) for f in list_images(file)]})
     else:
         raise DataError("competition.yaml: set `competition.test_csv` or `competition.test_folder`")
     _check_ids(frame, file)
     frame["path"] = _resolve_paths(frame, root, file)
     frame["missing"] = _check_files(frame, file, fatal=False)
-    check_test_matches_sample(comp, frame)
+    check_test_matches_sample(comp, frame, project)
     return frame
 
 
-def load_sample_submission(comp: CompetitionConfig) -> pd.DataFrame | None:
-    """The sample submission (id and target columns checked), or None when the competition has none."""
+def load_sample_submission(comp: CompetitionConfig, project: Project) -> pd.DataFrame | None:
+    """The sample submission (id and target columns checked, ids unique, as text), or None when there is none."""
     if not comp.sample_submission:
         return None
-    file = data_dir(comp) / comp.sample_submission
-    if not file.is_file():
-        raise DataError(f"{file} not found - set `competition.sample_submission` (\"\" if there is none)")
-    frame = pd.read_csv(file)
+    file = data_dir(comp, project) / comp.sample_submission
+    frame = read_table(file, "sample_submission")
     _require_columns(frame, [comp.id_column], file, "id_column")
     _require_columns(frame, [comp.target_column], file, "target_column")
+    dup = frame[comp.id_column].duplicated(keep=False)
+    if dup.any():
+        raise DataError(f"{file}: {int(dup.sum())} rows share an id: {_rows(frame, dup, comp.id_column)} - a sample "
+                        f"submission lists each test id once; download it again")
     return frame
 
 
-def check_test_matches_sample(comp: CompetitionConfig, test: pd.DataFrame) -> None:
+def check_test_matches_sample(comp: CompetitionConfig, test: pd.DataFrame, project: Project) -> None:
     """Refuse a test table whose ids are not exactly the sample submission's (set and order)."""
-    sample = load_sample_submission(comp)
+    sample = load_sample_submission(comp, project)
     if sample is None:
         return
     ids = sample[comp.id_column].astype(str)
-    file = data_dir(comp) / comp.test_csv if comp.test_csv else comp.test_folder
+    file = data_dir(comp, project) / comp.test_csv if comp.test_csv else comp.test_folder
     extra = sorted(set(test["id"]) - set(ids))
     absent = sorted(set(ids) - set(test["id"]))
     if extra or absent:

@@ -1,22 +1,36 @@
-"""Shared fixtures: small real competitions built from ../shared, and a runner for the kit's CLIs."""
+"""Shared fixtures: small real competitions built from ../shared, and runners for the kit's CLIs.
+
+`call_kit` runs a CLI's `main()` in this process against a `Project` (fast: no interpreter or torch start-up);
+`run_kit` runs it as a real subprocess, as a user would, and is kept for the tests that exercise the CLIs
+themselves (exit codes, stderr, signals, servers).
+"""
 
 from __future__ import annotations
 
+import importlib
+import io
+import logging
 import os
 import shutil
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from competition.cli import LOG_FORMAT
+from competition.project import Project
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 CIFAKE = SHARED / "competitions" / "cifake"
 FACES = SHARED / "datasets" / "faces_tpdne_ffhq"
 WEIGHTS = SHARED / "weights"
+PROJECT = Project(REPO)  # for tests that pass absolute paths everywhere
 
 
 def pytest_configure(config):
@@ -58,13 +72,52 @@ def smoke_experiment(home: Path, name: str, model: str = "tf_mobilenetv3_small_1
 
 
 def run_kit(home: Path, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python -m competition.<module> args` against the project folder `home`."""
+    """Run `python -m competition.<module> args` in a subprocess against the project folder `home`."""
     env = {**os.environ, "KIT_HOME": str(home), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", *args], cwd=home, env=env, capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+@dataclass
+class Result:
+    """What a CLI call left: exit code, what it printed, what it logged (stderr)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def call_kit(home: Path, module: str, *args: str, check: bool = True) -> Result:
+    """Run `competition.<module>.main(args)` in this process against Project(home), capturing output and logs."""
+    import torch
+
+    main = importlib.import_module(module).main
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root, threads, cwd = logging.getLogger(), torch.get_num_threads(), os.getcwd()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        os.chdir(home)
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main(list(args), project=Project(home))
+            except SystemExit as exc:  # argparse errors
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        os.chdir(cwd)
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        torch.set_num_threads(threads)
+    result = Result(code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{module} {' '.join(args)} exited {code}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
 
 
 @pytest.fixture

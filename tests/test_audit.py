@@ -15,6 +15,7 @@ from competition.dataset import ImageDataset, decode_image, normalize_encoding, 
 from competition.augment import build_eval_transform
 from competition.config import DataConfig
 from competition.tables import load_train_table
+from tests.conftest import PROJECT
 from tests.conftest import CIFAKE, FACES, run_kit
 
 
@@ -27,7 +28,7 @@ def test_jpeg_quality_estimate(tmp_path, quality):
 
 
 def test_audit_flags_the_faces_leak():
-    report = audit(load_train_table(CompetitionConfig(data_dir=str(FACES))))
+    report = audit(load_train_table(CompetitionConfig(data_dir=str(FACES)), PROJECT))
     assert report["leak"] and report["metadata_auc"] > 0.95
     top = list(report["feature_auc"])[:4]
     assert {"jpeg_quality", "progressive", "file_kb"} <= set(top)
@@ -37,7 +38,7 @@ def test_audit_flags_the_faces_leak():
 
 @pytest.mark.slow
 def test_audit_does_not_flag_cifake():
-    report = audit(load_train_table(CompetitionConfig(data_dir=str(CIFAKE))))
+    report = audit(load_train_table(CompetitionConfig(data_dir=str(CIFAKE)), PROJECT))
     assert not report["leak"] and report["metadata_auc"] < 0.65
 
 
@@ -66,4 +67,4 @@ def test_dataset_applies_normalize_encoding():
     spec = {"format": "jpeg", "quality": 90}
     ds = ImageDataset([path], np.array([1]), build_eval_transform(DataConfig(img_size=1024)), encoding=spec)
     expected = normalize_encoding(decode_image(path), spec)
-    assert np.array_equal(ds.load(0), expected) and not np.array_equal(expected, decode_image(path))
+    assert np.array_equal(ds[0][0].permute(1, 2, 0).numpy(), expected) and not np.array_equal(expected, decode_image(path))

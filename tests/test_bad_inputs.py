@@ -15,7 +15,8 @@ from PIL import Image
 from competition.dataset import BadImageError, decode_image
 from competition.tables import DataError, load_train_table
 from competition.config import CompetitionConfig
-from tests.conftest import run_kit, smoke_experiment
+from tests.conftest import PROJECT
+from tests.conftest import call_kit, smoke_experiment
 
 
 def jpeg_bytes(size=(40, 30), color=(200, 30, 30)) -> bytes:
@@ -103,7 +104,7 @@ def test_symlink_out_of_data_folder_is_refused(tmp_path):
     pd.DataFrame({"file_name": [f"img/{i}.jpg" for i in range(4)] + ["img/link.jpg"],
                   "label": [0, 1, 0, 1, 0]}).to_csv(data / "train.csv", index=False)
     with pytest.raises(DataError, match=r"escape the data folder.*row 5 \('img/link.jpg'\)"):
-        load_train_table(CompetitionConfig(data_dir=str(data)))
+        load_train_table(CompetitionConfig(data_dir=str(data)), PROJECT)
 
 
 def add_bad_files(home):
@@ -124,7 +125,7 @@ def add_bad_files(home):
 def test_bad_images_are_skipped_listed_and_test_rows_kept(home):
     broken_test, missing_test = add_bad_files(home)
     smoke_experiment(home, "bad")
-    proc = run_kit(home, "competition.experiment", "bad")
+    proc = call_kit(home, "competition.experiment", "bad")
     out = home / "experiments" / "bad"
     bad_train = pd.read_csv(out / "bad_train_images.csv")
     assert sorted(bad_train["id"]) == ["train_data/broken one.jpg", "train_data/text.jpg"]
@@ -135,14 +136,14 @@ def test_bad_images_are_skipped_listed_and_test_rows_kept(home):
     test = pd.read_csv(out / "test.csv")
     assert len(test) == 12 and test["prob"].notna().all()  # every row predicted
     assert len(pd.read_csv(out / "oof.csv")) == 42
-    run_kit(home, "competition.ensemble", "bad", "--name", "withbad")
+    call_kit(home, "competition.ensemble", "bad", "--name", "withbad")
     assert len(pd.read_csv(home / "submissions" / "withbad.csv")) == 12
 
 
 def test_on_bad_image_fail_stops_before_training(home):
     add_bad_files(home)
     smoke_experiment(home, "strict", data={"on_bad_image": "fail"})
-    proc = run_kit(home, "competition.experiment", "strict", check=False)
+    proc = call_kit(home, "competition.experiment", "strict", check=False)
     assert proc.returncode == 2
     assert "2 training image(s) cannot be decoded" in proc.stderr and "train_data/text.jpg" in proc.stderr
     assert not (home / "experiments" / "strict" / "fold0").exists()

@@ -39,9 +39,9 @@ def test_resolved_config_round_trips(tmp_path):
     ({"train": {"channels_last": 1}}, [], "`train.channels_last`: expected bool, got int"),
     ({}, ["train.lr=fast"], "`train.lr`: expected float, got str"),
     ({"model": {"name": "efficientnet_b00"}}, [], "unknown timm model `model.name: efficientnet_b00`; close names: "),
-    ({"data": {"augment": "forensics"}}, [], "is not one of forensic, light, resize, none (did you mean 'forensic'?)"),
+    ({"data": {"augment": "forensics"}}, [], "`data.augment`: 'forensics' is not one of forensic, light, resize, none (did you mean 'forensic'?)"),
     ({"model": {"pretrained_file": "nowhere/w.safetensors"}}, [], "weights file `model.pretrained_file: nowhere/w.safetensors` not found"),
-    ({"competition": {"metric": "rmse"}}, [], "`competition.metric: rmse` is not one of auc, f1, accuracy, logloss"),
+    ({"competition": {"metric": "rmse"}}, [], "`competition.metric`: 'rmse' is not one of auc, f1, accuracy, logloss"),
     ({}, ["train.epochs"], "expected section.key=value"),
 ])
 def test_bad_configs_fail_with_one_clear_line(tmp_path, body, overrides, message):

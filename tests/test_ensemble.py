@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from competition.ensemble import Members, evaluate_method, nested_scores
-from tests.conftest import run_kit
+from tests.conftest import call_kit, run_kit
 
 
 def noise_members(n=600, m=12, seed=0) -> Members:
@@ -74,7 +74,7 @@ def test_members_with_different_folds_are_refused(blend_home):
     oof = pd.read_csv(blend_home / "experiments" / "eB" / "oof.csv")
     oof["fold"] = 1 - oof["fold"]
     oof.to_csv(blend_home / "experiments" / "eB" / "oof.csv", index=False)
-    proc = run_kit(blend_home, "competition.ensemble", "eA", "eB", check=False)
+    proc = call_kit(blend_home, "competition.ensemble", "eA", "eB", check=False)
     assert proc.returncode == 2 and "used different folds" in proc.stderr
 
 

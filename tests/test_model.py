@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from competition.config import ModelConfig
 from competition.model import Detector, amp_dtype, build_model
+from tests.conftest import PROJECT
 from tests.conftest import WEIGHTS
 
 ENTRIES = json.loads((WEIGHTS / "models.json").read_text())["models"]
@@ -17,7 +18,7 @@ ENTRIES = json.loads((WEIGHTS / "models.json").read_text())["models"]
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e["timm_model"] for e in ENTRIES])
 def test_local_imagenet_weights_load(entry):
-    model = build_model(ModelConfig(name=entry["timm_model"], weights_dir=str(WEIGHTS)))
+    model = build_model(ModelConfig(name=entry["timm_model"], weights_dir=str(WEIGHTS)), PROJECT)
     assert isinstance(model, Detector)
     state = load_file(str(WEIGHTS / entry["file"]))
     backbone = model.backbone.state_dict()
@@ -32,7 +33,7 @@ def test_local_imagenet_weights_load(entry):
 def test_pretrained_file_and_uint8_forward(tmp_path):
     entry = ENTRIES[0]
     model = build_model(ModelConfig(name=entry["timm_model"], pretrained_file=str(WEIGHTS / entry["file"]),
-                                    input_upscale=2)).eval()
+                                    input_upscale=2), PROJECT).eval()
     x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         out = model(x)
@@ -41,13 +42,16 @@ def test_pretrained_file_and_uint8_forward(tmp_path):
 
 def test_missing_weights_file_is_clear():
     with pytest.raises(FileNotFoundError, match="not found"):
-        build_model(ModelConfig(name="resnet18", pretrained_file="/nope/w.safetensors"))
+        build_model(ModelConfig(name="resnet18", pretrained_file="/nope/w.safetensors"), PROJECT)
 
 
 def test_hub_failure_says_what_to_do(monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: the env alone retried ~45 s
     with pytest.raises(RuntimeError, match="pretrained weights could not be loaded from the hub .* model.pretrained_file"):
-        build_model(ModelConfig(name="resnet18", weights_dir="/nonexistent"))
+        build_model(ModelConfig(name="resnet18", weights_dir="/nonexistent"), PROJECT)
 
 
 def test_amp_is_off_on_cpu():
@@ -57,10 +61,10 @@ def test_amp_is_off_on_cpu():
 def test_rebuilt_model_keeps_the_weights_architecture(tmp_path):
     """mobilenetv2_100's weights need pad_type='same'; a model rebuilt for loading a checkpoint must match."""
     cfg = ModelConfig(name="mobilenetv2_100", weights_dir=str(WEIGHTS))
-    trained = build_model(cfg).eval()
+    trained = build_model(cfg, PROJECT).eval()
     torch.nn.init.normal_(trained.backbone.get_classifier().weight)  # a "trained" head: outputs are not all 0
     import dataclasses
-    rebuilt = build_model(dataclasses.replace(cfg, pretrained=False), quiet=True).eval()
+    rebuilt = build_model(dataclasses.replace(cfg, pretrained=False), PROJECT, quiet=True).eval()
     rebuilt.load_state_dict(trained.state_dict())
     x = torch.randint(0, 256, (2, 3, 37, 37), dtype=torch.uint8)
     with torch.no_grad():

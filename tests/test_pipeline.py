@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, run_kit, smoke_experiment
+from tests.conftest import REPO, call_kit, run_kit, smoke_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -49,36 +49,36 @@ def test_whole_path_smoke(home):
     for png in ("curves", "roc", "pr", "confusion", "histogram", "balance", "confidently_wrong"):
         assert (out / "report" / f"{png}.png").is_file(), png
     some = sorted((home / "data" / "train_data").glob("*.jpg"))[:2]
-    cam = run_kit(home, "competition.explain", "s1", *map(str, some), "--out", str(home / "cam"))
+    cam = call_kit(home, "competition.explain", "s1", *map(str, some), "--out", str(home / "cam"))
     assert len(cam.stdout.strip().splitlines()) == 2 and len(list((home / "cam").glob("*_gradcam.png"))) == 2
 
     mtime = (out / "fold0" / "best.pt").stat().st_mtime_ns
-    rerun = run_kit(home, "competition.experiment", "s1")
+    rerun = call_kit(home, "competition.experiment", "s1")
     assert "fold 0 already done, skipping" in rerun.stderr
     assert (out / "fold0" / "best.pt").stat().st_mtime_ns == mtime
 
-    changed = run_kit(home, "competition.experiment", "s1", "train.epochs=2", check=False)
+    changed = call_kit(home, "competition.experiment", "s1", "train.epochs=2", check=False)
     assert changed.returncode == 2 and "config changed" in changed.stderr and "--restart" in changed.stderr
 
-    run_kit(home, "competition.experiment", "s2")
+    call_kit(home, "competition.experiment", "s2")
     board = (home / "experiments" / "LEADERBOARD.md").read_text()
     assert "| s1 |" in board and "| s2 |" in board and "regnetx_002" in board
 
-    blend = run_kit(home, "competition.ensemble", "s1", "s2", "--name", "smoke")
+    blend = call_kit(home, "competition.ensemble", "s1", "s2", "--name", "smoke")
     assert "s1" in blend.stdout and "s2" in blend.stdout and "nested auc" in blend.stdout
     sub = pd.read_csv(home / "submissions" / "smoke.csv")
     assert sub["id"].tolist() == pd.read_csv(home / "data" / "sample_submission.csv")["id"].tolist()
-    dry = run_kit(home, "competition.submit", str(home / "submissions" / "smoke.csv"), "--dry-run")
+    dry = call_kit(home, "competition.submit", str(home / "submissions" / "smoke.csv"), "--dry-run")
     assert "valid (12 rows)" in dry.stderr
 
     # predict CLI: the fold models + TTA on a folder reproduce the experiment's test predictions
-    pred = run_kit(home, "competition.predict", "s1", str(home / "data" / "test_data_v2"), "--csv", str(home / "p.csv"))
+    pred = call_kit(home, "competition.predict", "s1", str(home / "data" / "test_data_v2"), "--csv", str(home / "p.csv"))
     assert len(pred.stdout.strip().splitlines()) == 12 and "images/s" in pred.stderr
     got = pd.read_csv(home / "p.csv")
     got["id"] = got["path"].str.replace(str(home / "data") + "/", "", regex=False)
     want = test.set_index("id").loc[got["id"], "prob"].to_numpy()
     np.testing.assert_allclose(got["prob"], want, atol=1e-6)
-    blend_pred = run_kit(home, "competition.predict", str(home / "submissions" / "smoke.json"),
+    blend_pred = call_kit(home, "competition.predict", str(home / "submissions" / "smoke.json"),
                          str(home / "data" / "test_data_v2"))
     assert len(blend_pred.stdout.strip().splitlines()) == 12
 
@@ -93,7 +93,7 @@ def test_sigkill_mid_training_resumes_to_identical_oof(home):
     sections = {"train": {"epochs": 3, "batch_size": 4, "threads": 1, "patience": 0}, "folds": {}}
     smoke_experiment(home, "full", **sections)
     smoke_experiment(home, "killed", **sections)
-    run_kit(home, "competition.experiment", "full")
+    call_kit(home, "competition.experiment", "full")
 
     proc = _start(home, "killed")
     last = home / "experiments" / "killed" / "fold0" / "last.pt"
@@ -113,7 +113,7 @@ def test_sigkill_mid_training_resumes_to_identical_oof(home):
     for table in killed.rglob("*.csv"):
         pd.read_csv(table)
 
-    resumed = run_kit(home, "competition.experiment", "killed")
+    resumed = call_kit(home, "competition.experiment", "killed")
     assert "resuming after epoch" in resumed.stderr
     assert not list(killed.rglob("*.tmp"))  # stray temp files are cleaned up on restart
     a = pd.read_csv(home / "experiments" / "full" / "oof.csv")
@@ -133,10 +133,10 @@ def test_ood_cluster_split_gets_its_own_column(home):
     conf["folds"].update({"ood_split": "cluster", "ood_clusters": 4})
     comp_file.write_text(yaml.safe_dump(conf))
     smoke_experiment(home, "o1", data={"cache_dir": str(home / ".cache")})
-    run_kit(home, "competition.experiment", "o1")
+    call_kit(home, "competition.experiment", "o1")
     folds = pd.read_csv(home / "folds" / "tiny_k2_s0_ood4.csv")
     assert {"fold", "ood_fold"} <= set(folds.columns) and folds["ood_fold"].nunique() == 2
-    run_kit(home, "competition.experiment", "o1", "--ood")
+    call_kit(home, "competition.experiment", "o1", "--ood")
     ood = json.loads((home / "experiments" / "o1" / "ood" / "metrics.json").read_text())
     ood_oof = pd.read_csv(home / "experiments" / "o1" / "ood" / "oof.csv").set_index("id")
     assert (ood_oof.loc[folds["id"], "fold"].values == folds["ood_fold"].values).all()

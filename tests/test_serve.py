@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import CIFAKE, REPO, run_kit, smoke_experiment
+from tests.conftest import CIFAKE, REPO, call_kit, smoke_experiment
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -42,7 +42,7 @@ def post_file(url: str, name: str, data: bytes) -> tuple[int, dict]:
 @pytest.fixture
 def server(home):
     smoke_experiment(home, "web", train={"folds": [0]})
-    run_kit(home, "competition.experiment", "web")
+    call_kit(home, "competition.experiment", "web")
     port = free_port()
     env = {**os.environ, "KIT_HOME": str(home), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "competition.serve", "web", "--port", str(port), "--max-mb", "1"],

@@ -10,7 +10,7 @@ import pytest
 
 from competition.config import CompetitionConfig
 from competition.submission import SubmissionError, build_submission, validate_submission, write_submission
-from tests.conftest import CIFAKE
+from tests.conftest import CIFAKE, PROJECT
 
 COMP = CompetitionConfig(data_dir=str(CIFAKE))
 
@@ -22,14 +22,14 @@ def valid() -> pd.DataFrame:
 
 
 def test_valid_submission_passes_and_is_written(valid, tmp_path):
-    validate_submission(valid, COMP)
-    path = write_submission(tmp_path / "s.csv", valid, COMP)
+    validate_submission(valid, COMP, PROJECT)
+    path = write_submission(tmp_path / "s.csv", valid, COMP, PROJECT)
     assert pd.read_csv(path).shape == (5500, 2)
 
 
 def test_build_puts_rows_in_sample_order(valid):
     shuffled = valid.sample(frac=1, random_state=0)
-    built = build_submission(COMP, shuffled["id"], shuffled["label"].to_numpy())
+    built = build_submission(COMP, PROJECT, shuffled["id"], shuffled["label"].to_numpy())
     assert built["id"].tolist() == valid["id"].tolist() and np.allclose(built["label"], valid["label"])
 
 
@@ -45,7 +45,7 @@ def test_build_puts_rows_in_sample_order(valid):
 def test_invalid_submissions_are_refused(valid, tmp_path, edit, message):
     bad = edit(valid.copy()).reset_index(drop=True)
     with pytest.raises(SubmissionError) as err:
-        write_submission(tmp_path / "bad.csv", bad, COMP)
+        write_submission(tmp_path / "bad.csv", bad, COMP, PROJECT)
     assert message in str(err.value)
     assert not (tmp_path / "bad.csv").exists()
 
@@ -53,5 +53,5 @@ def test_invalid_submissions_are_refused(valid, tmp_path, edit, message):
 def test_label_competitions_need_zero_one(valid):
     comp = dataclasses.replace(COMP, submission_values="label")
     with pytest.raises(SubmissionError, match="0/1 labels"):
-        validate_submission(valid, comp)
-    validate_submission(valid.assign(label=(valid["label"] > 0.5).astype(int)), comp)
+        validate_submission(valid, comp, PROJECT)
+    validate_submission(valid.assign(label=(valid["label"] > 0.5).astype(int)), comp, PROJECT)

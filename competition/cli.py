@@ -1,0 +1,44 @@
+"""What every command line of the kit shares: one log format, `key=value` overrides, `--device`, and one
+way to fail: a KitError becomes a single line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from competition.errors import KitError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+log = logging.getLogger("competition")
+
+
+def parser(doc: str | None, overrides: bool = False, device: bool = False) -> argparse.ArgumentParser:
+    """An ArgumentParser with the module docstring as help, plus the shared options asked for."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if overrides:
+        p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="config overrides, e.g. --set competition.metric=f1")
+    if device:
+        p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                       help="where models run (auto: cuda when available)")
+    return p
+
+
+def setup_logging() -> None:
+    """The one log format: time, level, module, message; INFO and up."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
+
+
+def run(main: Callable[[], int]) -> int:
+    """Call a CLI body; KitError -> one line on stderr + exit 2, Ctrl-C -> one line + exit 130."""
+    setup_logging()
+    try:
+        return main()
+    except KitError as err:
+        log.error("%s", err)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)  # noqa: T201
+        return 130

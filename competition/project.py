@@ -1,0 +1,104 @@
+"""The project folder: competition.yaml, experiments/, folds/, submissions/ and the caches, as one object.
+
+CLIs build a `Project` once (`Project.from_env()`: $KIT_HOME, else this repository) and pass it down, so
+no module reads the environment at import time and two projects can live in one process (the tests do).
+Every path the kit writes or deletes is derived here, from plain experiment names that cannot climb out
+of the folder that owns them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from competition.errors import ConfigError
+
+if TYPE_CHECKING:
+    from competition.config import Config
+
+REPO = Path(__file__).resolve().parent.parent  # the kit's own checkout
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # experiment / submission names: plain, no separators
+
+
+def check_name(name: str, what: str = "experiment") -> str:
+    """Return name if it is a plain file name (letters, digits, `_.-`, not starting with a dot), else raise."""
+    if not NAME.fullmatch(name or "") or name.endswith("."):
+        raise ConfigError(f"{what} name {name!r} is not a plain name: use letters, digits and _ . - "
+                          f"(e.g. exp012), starting with a letter or digit")
+    return name
+
+
+@dataclass(frozen=True)
+class Project:
+    """Where one competition's inputs and outputs live; relative config paths resolve against `root`."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> "Project":
+        """$KIT_HOME when set, else the kit's repository."""
+        return cls(Path(os.environ.get("KIT_HOME") or REPO).resolve())
+
+    @property
+    def competition_file(self) -> Path:
+        """competition.yaml: the one file to edit when switching competitions."""
+        return self.root / "competition.yaml"
+
+    @property
+    def experiments(self) -> Path:
+        return self.root / "experiments"
+
+    @property
+    def folds(self) -> Path:
+        return self.root / "folds"
+
+    @property
+    def submissions(self) -> Path:
+        return self.root / "submissions"
+
+    @property
+    def leaderboard(self) -> Path:
+        return self.experiments / "LEADERBOARD.md"
+
+    def resolve(self, path: str | Path) -> Path:
+        """A config path: absolute as is, relative to the project root otherwise."""
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else (self.root / path).resolve()
+
+    def experiment_dir(self, name: str) -> Path:
+        """experiments/<name>/, for a plain name only (never the experiments folder itself or above it)."""
+        return inside(self.experiments / check_name(name), self.experiments)
+
+    def submission_file(self, name: str) -> Path:
+        """submissions/<name>.csv for a plain name."""
+        return inside(self.submissions / f"{check_name(name, 'submission')}.csv", self.submissions)
+
+    def folds_file(self, cfg: "Config") -> Path:
+        """folds/<competition>_k<K>_s<seed>[grouping][ood].csv for this config's fold settings."""
+        f = cfg.folds
+        group = f"_g-{f.group_column}" if f.group_column else ""
+        if not group and f.groups == "phash":
+            group = f"_phash{f.phash_distance}"
+        if f.ood_split == "cluster":
+            group += f"_ood{f.ood_clusters}"
+        return self.folds / f"{check_name(cfg.competition.name, 'competition')}_k{f.n_splits}_s{f.seed}{group}.csv"
+
+    def cache_dir(self, cfg: "Config") -> Path:
+        """Where decoded-image and hash caches live (data.cache_dir)."""
+        return self.resolve(cfg.data.cache_dir)
+
+    def ensure_layout(self) -> None:
+        """Create experiments/, folds/ and submissions/ when missing."""
+        for folder in (self.experiments, self.folds, self.submissions):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+def inside(path: Path, folder: Path) -> Path:
+    """path, after checking it lies strictly inside folder (resolved); raise otherwise."""
+    real, top = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    if real == top or top not in real.parents:
+        raise ConfigError(f"{path} is not inside {folder}; refusing to write or delete there")
+    return path
