@@ -136,7 +136,3 @@ def predict_image(exp: Experiment, image: np.ndarray) -> float:
     return float(np.mean([predict_views(m, batch.to(next(m.parameters()).device), transforms).mean()
                           for m in exp.models]))
 
-
-def checkpoint_paths(project: Project, name: str) -> list[Path]:
-    """The fold checkpoints of an experiment, in fold order."""
-    return sorted(project.experiment_dir(name).glob("fold*/best.pt"))

@@ -90,11 +90,6 @@ class Project:
         """Where decoded-image and hash caches live (data.cache_dir)."""
         return self.resolve(cfg.data.cache_dir)
 
-    def ensure_layout(self) -> None:
-        """Create experiments/, folds/ and submissions/ when missing."""
-        for folder in (self.experiments, self.folds, self.submissions):
-            folder.mkdir(parents=True, exist_ok=True)
-
 
 def inside(path: Path, folder: Path) -> Path:
     """path, after checking it lies strictly inside folder (resolved); raise otherwise."""
