@@ -5,6 +5,7 @@ A run killed at any moment leaves either the old file or the new one, never a tr
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+
+from competition.errors import KitError
 
 
 @contextmanager
@@ -28,8 +31,34 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+    except Exception as err:
+        if out_of_space(err, path.parent):
+            raise DiskFullError(f"no space left on {path.parent} while writing {path.name} - free some space "
+                                f"(old experiments, .cache/) and rerun: the run resumes") from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+class DiskFullError(KitError, OSError):
+    """A write failed because the disk is full; nothing half-written is left behind."""
+
+
+def out_of_space(err: BaseException, folder: Path) -> bool:
+    """Whether a failed write means the disk is full: ENOSPC/EDQUOT, or a wrapped writer error (torch's
+    `inline_container` message) while the folder's disk has under 1 MiB free."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "no space left" in str(err).lower() or free_bytes(folder) < 2**20
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes free for writing on folder's disk (a large number when it cannot be measured)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return 2**62
+    return st.f_bavail * st.f_frsize
 
 
 def remove_stale_temps(folder: Path) -> int:

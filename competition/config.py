@@ -324,6 +324,7 @@ def validate(cfg: Config, where: str, project: Project, check_model: bool = True
                           f"folder names to 0 (human) or 1 (AI)")
     if check_model:
         _validate_model(cfg.model, where, project)
+        _validate_input_size(cfg, where)
 
 
 def _validate_encoding(spec: dict, where: str) -> None:
@@ -351,6 +352,20 @@ def _validate_model(model: ModelConfig, where: str, project: Project) -> None:
             f"{where}: weights file `model.pretrained_file: {model.pretrained_file}` not found "
             f"(looked at {project.resolve(model.pretrained_file)}); fix the path or set model.pretrained=false"
         )
+
+
+def _validate_input_size(cfg: Config, where: str) -> None:
+    """Models with a fixed input size (ViTs) must get exactly that size: img_size x input_upscale."""
+    from timm.models import get_pretrained_cfg
+
+    pcfg = get_pretrained_cfg(cfg.model.name.split(".")[0])
+    if pcfg is None or not getattr(pcfg, "fixed_input_size", False):
+        return
+    want, got = pcfg.input_size[-1], cfg.data.img_size * cfg.model.input_upscale
+    if got != want:
+        raise ConfigError(f"{where}: {cfg.model.name} takes exactly {want}x{want} inputs, but data.img_size "
+                          f"{cfg.data.img_size} x model.input_upscale {cfg.model.input_upscale} = {got}; set "
+                          f"data.img_size={want // cfg.model.input_upscale} or pick a CNN")
 
 
 def load_config(name_or_path: str | Path = "", overrides: list[str] | None = None, project: Project | None = None,

@@ -24,7 +24,7 @@ from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from competition.atomic import atomic_path, write_text
+from competition.atomic import DiskFullError, atomic_path, free_bytes, write_text
 from competition.config import Config, DataConfig
 from competition.augment import to_tensor
 
@@ -39,13 +39,15 @@ class BadImageError(RuntimeError):
     """An image that cannot be decoded."""
 
 
-def decode_image(path) -> np.ndarray:
+def decode_image(path, max_pixels: int | None = None) -> np.ndarray:
     """Decode any image Pillow reads (a path or a binary file object) into uint8 RGB HWC, EXIF orientation
-    applied, first frame only."""
+    applied, first frame only; images over max_pixels (e.g. a server's bound) are refused before decoding."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
+                if max_pixels and img.width * img.height > max_pixels:
+                    raise BadImageError(f"{img.width}x{img.height} is over the {max_pixels / 1e6:g} megapixel limit")
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb(img)
     except FileNotFoundError:
@@ -203,8 +205,13 @@ class ImageCache:
         """Decode every image into a new cache file; odd-sized ones stay UNCACHED, bad ones are BAD."""
         states = np.full(len(paths), CACHED, dtype=np.uint8)
         reasons: dict[int, str] = {}
+        need = len(paths) * size[0] * size[1] * 3 + 2**20
+        if free_bytes(data_file.parent if data_file.parent.is_dir() else Path(".")) < need:
+            raise DiskFullError(f"no space left on {data_file.parent} for the image cache ({need / 2**20:.0f} MiB "
+                                f"needed) - free space, point data.cache_dir elsewhere, or set data.cache=none")
         with atomic_path(data_file) as tmp:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *size, 3))
+            _reserve(tmp)  # a full disk fails here with ENOSPC, not later with SIGBUS on a page write
             for i, path in enumerate(tqdm(paths, desc=f"caching {len(paths)} images", mininterval=2)):
                 try:
                     image = decode_image(path)
@@ -272,6 +279,12 @@ def seed_worker(worker_id: int) -> None:
     transform = getattr(info.dataset, "transform", None)
     if hasattr(transform, "set_random_seed"):
         transform.set_random_seed(seed)
+
+
+def _reserve(path: Path) -> None:
+    """Allocate a sparse file's blocks now, so running out of disk is an error, not a SIGBUS."""
+    with open(path, "rb+") as fh:
+        os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
 
 
 def open_cache(paths: list[str], mode: str, cache_dir: Path) -> ImageCache | None:

@@ -9,12 +9,17 @@ undecodable images. Finished folds are skipped and an interrupted fold resumes f
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -93,6 +98,53 @@ def scan_bad_images(paths: list[str], cache: ImageCache | None) -> dict[int, str
         except BadImageError as err:
             bad[i] = str(err)
     return bad
+
+
+def inputs_fingerprint(train: pd.DataFrame, test: pd.DataFrame) -> dict:
+    """Hashes of what changes results besides the config: training ids, labels and folds; test ids in order."""
+    digest = lambda frame: hashlib.sha1(frame.to_csv(index=False).encode()).hexdigest()[:16]  # noqa: E731
+    return {"train": digest(train[["id", "label", "fold"]]), "test": digest(test[["id"]]),
+            "n_train": len(train), "n_test": len(test)}
+
+
+def check_inputs_unchanged(out: Path, train: pd.DataFrame, test: pd.DataFrame) -> None:
+    """Refuse to resume when train.csv, the folds or test.csv changed since the outputs were made; record them."""
+    now, file = inputs_fingerprint(train, test), out / "inputs.json"
+    if file.is_file():
+        try:
+            saved = json.loads(file.read_text())
+        except ValueError:
+            saved = {}
+        changed = [k for k in ("train", "test") if saved.get(k) != now[k]]
+        if changed:
+            what = " and ".join({"train": "training rows/labels/folds", "test": "test rows"}[k] for k in changed)
+            raise DataError(f"{out}: the {what} changed since these outputs were made ({saved.get('n_train')} -> "
+                            f"{now['n_train']} train, {saved.get('n_test')} -> {now['n_test']} test rows); rerun "
+                            f"with --restart, or use a new experiment name")
+    write_json(file, now)
+
+
+@contextmanager
+def experiment_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on an experiment folder for a whole run; a second run is refused with the holder."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock_file = out / ".lock"
+    with open(lock_file, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise ConfigError(f"{out} is in use by {holder}; wait for that run to end (or stop it), then rerun") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {os.uname().nodename} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.truncate(0)
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def fold_done(fold_dir: Path) -> bool:
@@ -208,14 +260,19 @@ def warn_bad_images(bad: dict[str, pd.DataFrame], out: Path) -> None:
                     "listed in %s", len(bad["test"]), out / "bad_test_images.csv")
 
 
-def open_outputs(cfg: Config, project: Project, restart: bool, ood: bool) -> Path:
-    """The experiment's output folder, emptied on restart, checked against the saved config, config saved."""
+def output_dir(cfg: Config, project: Project, ood: bool) -> Path:
+    """experiments/<exp>/ (or its ood/ sub-folder), proved to lie inside experiments/."""
     out = project.experiment_dir(cfg.name)
-    out = inside(out / "ood", out) if ood else out
-    if restart and out.exists():
-        shutil.rmtree(inside(out, project.experiments))
+    return inside(out / "ood", out) if ood else out
+
+
+def open_outputs(cfg: Config, project: Project, out: Path, restart: bool) -> Path:
+    """The experiment's output folder (locked by the caller), emptied on restart, checked, config saved."""
+    if restart:
+        for child in out.iterdir():
+            if child.name != ".lock":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
     check_config_unchanged(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
     if stale := remove_stale_temps(out):
         log.info("removed %d temp file(s) left by an interrupted run", stale)
     save_config(cfg, out / "config.yaml")
@@ -238,13 +295,21 @@ def run_experiment(cfg: Config, project: Project, restart: bool = False, ood: bo
 
     ood=True trains on the folds file's `ood_fold` split (whole content clusters held out) into <exp>/ood/.
     """
-    out = open_outputs(cfg, project, restart, ood)
+    out = output_dir(cfg, project, ood)
+    with experiment_lock(out):
+        return _run_locked(cfg, project, out, restart, ood)
+
+
+def _run_locked(cfg: Config, project: Project, out: Path, restart: bool, ood: bool) -> dict:
+    """run_experiment's body, while this process holds the experiment folder's lock."""
+    open_outputs(cfg, project, out, restart)
     wall_file = out / "wall_s.json"
     wall_before = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     device = pick_device(cfg.train.device)
     train, test = load_tables(cfg, project, "ood_fold" if ood else "fold")
+    check_inputs_unchanged(out, train, test)
     n_folds = int(train["fold"].max()) + 1 if ood else cfg.folds.n_splits
     cache_dir = project.cache_dir(cfg)
     caches = {split: open_cache(frame["path"].tolist(), cfg.data.cache, cache_dir)

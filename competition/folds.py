@@ -46,13 +46,16 @@ def make_groups(cfg: Config, train: pd.DataFrame, project: Project) -> pd.Series
 def make_folds(cfg: Config, train: pd.DataFrame, project: Project) -> pd.DataFrame:
     """Assign a stratified (grouped when configured) fold to every training row: `id, label, fold`."""
     k, seed = cfg.folds.n_splits, cfg.folds.seed
-    if train["label"].value_counts().min() < k:
-        raise DataError(f"{k} folds need at least {k} images of each class; got {train['label'].value_counts().to_dict()}")
+    counts = train["label"].value_counts().reindex([0, 1], fill_value=0)
+    if counts.min() < k:
+        raise DataError(f"train.csv: {k} folds need at least {k} images of each class (0 = human, 1 = AI); got "
+                        f"{counts.to_dict()} - add images of the missing class or check competition.label_column")
     folds = train[["id", "label"]].copy()
     folds["fold"] = -1
     groups = make_groups(cfg, train, project)
     if groups is not None:
         folds["group"] = groups.values
+        check_group_count(folds, k, cfg)
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         splits = splitter.split(folds, folds["label"], groups=folds["group"])
     else:
@@ -69,6 +72,17 @@ def make_folds(cfg: Config, train: pd.DataFrame, project: Project) -> pd.DataFra
     if cfg.folds.ood_split == "cluster":
         folds["ood_fold"] = make_ood_folds(cfg, train, project)
     return folds
+
+
+def check_group_count(folds: pd.DataFrame, k: int, cfg: Config) -> None:
+    """Refuse groupings that leave fewer groups than folds (e.g. a pHash distance that joins everything)."""
+    n_groups = folds["group"].nunique()
+    largest = folds["group"].value_counts().iloc[0] / len(folds)
+    if n_groups < k or largest > 0.5:
+        fix = ("lower folds.phash_distance" if cfg.folds.groups == "phash" and not cfg.folds.group_column
+               else f"check the column folds.group_column: {cfg.folds.group_column}")
+        raise DataError(f"grouping left {n_groups} group(s) for {k} folds, the largest holding {largest:.0%} of the "
+                        f"images - {fix}")
 
 
 def make_ood_folds(cfg: Config, train: pd.DataFrame, project: Project) -> np.ndarray:

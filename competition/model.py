@@ -76,7 +76,7 @@ def build_model(cfg: ModelConfig, project: Project, quiet: bool = False) -> Dete
         try:
             backbone = timm.create_model(cfg.name, pretrained=True, **kwargs)
         except Exception as err:  # noqa: BLE001 - hub failures come in many types
-            raise RuntimeError(
+            raise ConfigError(
                 f"{cfg.name}: pretrained weights could not be loaded from the hub ({type(err).__name__}: {err}); "
                 f"offline? set model.pretrained_file to a local .safetensors/.pth, or model.pretrained=false"
             ) from None
@@ -95,11 +95,16 @@ def build_model(cfg: ModelConfig, project: Project, quiet: bool = False) -> Dete
 def _from_local_file(name: str, file: Path, entry: dict, kwargs: dict) -> nn.Module:
     """A timm backbone with ImageNet weights from a local file (mean/std from models.json when given)."""
     if not file.is_file():
-        raise FileNotFoundError(f"weights file {file} not found; fix model.pretrained_file or model.weights_dir")
+        raise ConfigError(f"weights file {file} not found; fix model.pretrained_file or model.weights_dir")
     overlay = {"file": str(file)}
     if entry.get("mean"):
         overlay.update(mean=tuple(entry["mean"]), std=tuple(entry["std"]))
-    backbone = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    try:
+        backbone = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except Exception as err:  # noqa: BLE001 - safetensors/torch/timm raise many types for a bad file
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise ConfigError(f"{file}: not usable as {name} weights ({type(err).__name__}: {reason}) - point "
+                          f"model.pretrained_file at a .safetensors/.pth of this architecture") from None
     log.info("%s: ImageNet weights from %s", name, file)
     return backbone
 

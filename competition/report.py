@@ -31,6 +31,7 @@ from competition.dataset import BadImageError, decode_image  # noqa: E402
 from competition.errors import ConfigError, KitError  # noqa: E402
 from competition.explain import GradCamUnsupported, eval_crop, explain_images  # noqa: E402
 from competition.inference import load_experiment  # noqa: E402
+from competition.leaderboard import read_json  # noqa: E402
 from competition.project import Project  # noqa: E402
 from competition.tables import data_dir  # noqa: E402
 
@@ -151,7 +152,9 @@ def write_report(project: Project, name: str) -> Path:
     out = project.experiment_dir(name)
     if not (out / "metrics.json").is_file() or not (out / "oof.csv").is_file():
         raise ConfigError(f"{out}: no metrics.json/oof.csv - run `./run.sh {name}` first")
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = read_json(out / "metrics.json")
+    if metrics is None:
+        raise ConfigError(f"{out / 'metrics.json'}: unreadable - rerun `./run.sh {name}` to rewrite it")
     oof = pd.read_csv(out / "oof.csv", dtype={"id": str})
     threshold = float(metrics.get("threshold", 0.5))
     pngs = {"curves": _save(plot_curves(out, metrics["metric"]), out / "report" / "curves.png")}

@@ -19,10 +19,11 @@ import logging
 import sys
 from pathlib import Path
 
+import anyio
 import numpy as np
 import torch
 from fastapi import FastAPI, File, HTTPException, UploadFile
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 
 from competition import cli
@@ -95,33 +96,70 @@ class Predictor:
         return out
 
 
-def create_app(predictor: Predictor, max_mb: float = 20.0) -> FastAPI:
-    """The FastAPI application around a loaded Predictor."""
+class BodyLimit:
+    """ASGI middleware: refuse a POST whose declared body is over the limit (413) or undeclared (411), before a
+    byte of it is read or spooled."""
+
+    def __init__(self, app, max_mb: float):
+        self.app, self.max_mb = app, max_mb
+        self.max_bytes = int(max_mb * 2**20) + 64 * 1024  # multipart framing on top of the file
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            length = dict(scope["headers"]).get(b"content-length")
+            status, detail = None, ""
+            if length is None:
+                status, detail = 411, "send a Content-Length header"
+            elif not length.isdigit() or int(length) > self.max_bytes:
+                status, detail = 413, f"upload larger than {self.max_mb:g} MB"
+            if status:
+                await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(predictor: Predictor, max_mb: float = 20.0, max_queue: int = 8, max_megapixels: float = 40.0) -> FastAPI:
+    """The FastAPI application around a loaded Predictor: inference runs on one worker thread, at most
+    max_queue requests wait for it (503 beyond), bodies over max_mb and images over max_megapixels are refused."""
     app = FastAPI(title="AI-image detector")
     page = PAGE.replace("__MODEL__", predictor.name)
+    worker = anyio.CapacityLimiter(1)  # one inference at a time; the event loop stays free for /health
+    waiting = {"n": 0}
+    max_pixels = int(max_megapixels * 1e6)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
         return page
 
     @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "model": predictor.name}
+    async def health() -> dict:
+        return {"status": "ok", "model": predictor.name, "queued": waiting["n"]}
 
     @app.post("/predict")
     async def predict(file: UploadFile = File(...)) -> dict:
+        if waiting["n"] >= max_queue:
+            raise HTTPException(503, f"busy: {waiting['n']} requests queued; retry shortly")
         data = await file.read(int(max_mb * 2**20) + 1)
         if len(data) > max_mb * 2**20:
             raise HTTPException(413, f"upload larger than {max_mb:g} MB")
         if not data:
             raise HTTPException(400, "empty upload")
+        waiting["n"] += 1
         try:
-            image = decode_image(io.BytesIO(data))
-        except BadImageError as err:
-            raise HTTPException(415, f"not a readable image ({err})") from None
-        return predictor.predict(image)
+            return await anyio.to_thread.run_sync(_answer, predictor, data, max_pixels, limiter=worker)
+        finally:
+            waiting["n"] -= 1
 
-    return app
+    return BodyLimit(app, max_mb)
+
+
+def _answer(predictor: Predictor, data: bytes, max_pixels: int) -> dict:
+    """Decode (bounded) and predict one upload, on the worker thread."""
+    try:
+        image = decode_image(io.BytesIO(data), max_pixels=max_pixels)
+    except BadImageError as err:
+        raise HTTPException(415, f"not a readable image ({err})") from None
+    return predictor.predict(image)
 
 
 def main(argv: list[str] | None = None, project: Project | None = None) -> int:
@@ -133,13 +171,15 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-mb", type=float, default=20.0, help="largest accepted upload")
+    parser.add_argument("--max-queue", type=int, default=8, help="requests that may wait for inference (503 beyond)")
+    parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest decoded image accepted")
     args = parser.parse_args(argv)
     project = project or Project.from_env()
 
     def body() -> int:
         predictor = Predictor(project, args.model, pick_device(args.device))
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        uvicorn.run(create_app(predictor, args.max_mb), host=args.host, port=args.port, log_level="info")
+        uvicorn.run(create_app(predictor, args.max_mb, args.max_queue, args.max_megapixels), host=args.host, port=args.port, log_level="info")
         return 0
 
     return cli.run(body)

@@ -17,7 +17,7 @@ from competition.atomic import write_csv
 from competition.config import CompetitionConfig
 from competition.errors import KitError
 from competition.project import Project
-from competition.tables import load_sample_submission
+from competition.tables import load_sample_submission, load_test_table
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,14 @@ class SubmissionError(KitError, ValueError):
 
 
 def expected_frame(comp: CompetitionConfig, project: Project, test_ids: pd.Series | None = None) -> pd.DataFrame:
-    """The sample submission (or, when there is none, the test ids) that a submission must match."""
+    """The sample submission, or, when the competition has none (image-folder layout), the test table's ids
+    (paths relative to the data folder, in listing order) with the configured id/target columns."""
     sample = load_sample_submission(comp, project)
     if sample is not None:
         return sample
     if test_ids is None:
-        raise SubmissionError("no sample submission configured and no test ids given to validate against")
-    return pd.DataFrame({comp.id_column: test_ids.values, comp.target_column: 0})
+        test_ids = load_test_table(comp, project)["id"]
+    return pd.DataFrame({comp.id_column: test_ids.astype(str).values, comp.target_column: 0})
 
 
 def build_submission(comp: CompetitionConfig, project: Project, ids: pd.Series, values: np.ndarray) -> pd.DataFrame:

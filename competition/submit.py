@@ -41,37 +41,65 @@ def explain_failure(output: str, slug: str) -> str:
     if "403" in text or "forbidden" in text:
         return (f"403 Forbidden: accept the rules of '{slug}' on its Kaggle page (Join Competition), "
                 f"and check that competition.slug is right")
-    if "404" in text or "not found" in text:
+    if "404" in text or "not found" in text or "could not find competition" in text:
         return f"404: no competition '{slug}' - check competition.slug in competition.yaml"
     if "400" in text or "bad request" in text:
         return ("400 Bad Request: the daily submission limit may be reached, or Kaggle rejected the file format; "
                 "check the competition's Submissions page")
-    return "upload failed: " + output.strip().splitlines()[-1][:300] if output.strip() else "upload failed"
+    last = output.strip().splitlines()[-1][:300] if output.strip() else "no output"
+    return f"upload not confirmed (no 'Successfully submitted' line from the kaggle CLI): {last}"
+
+
+SUCCESS = "successfully submitted"  # what kaggle 1.x/2.x print on a good upload; the only success signal trusted
+TIMEOUT_S = float(os.environ.get("KIT_KAGGLE_TIMEOUT", "300"))  # seconds to wait for the kaggle CLI
 
 
 def upload(path: Path, message: str, slug: str, kaggle: str = "kaggle") -> str:
-    """Run `kaggle competitions submit`; return its output or raise UploadError with advice."""
+    """Run `kaggle competitions submit`; return its output, or raise UploadError with advice.
+
+    Success is decided by the CLI's success line, never by the absence of the word "error": kaggle 2.x exits 0
+    after "Could not submit to competition", and a good upload's output may contain "error" in a title."""
     exe = shutil.which(kaggle)
     if exe is None:
         raise UploadError("the kaggle CLI is not installed in this environment: pip install kaggle six")
     if not slug:
         raise UploadError("competition.slug is empty in competition.yaml: set it to the competition's URL name")
     cmd = [exe, "competitions", "submit", "-c", slug, "-f", str(path), "-m", message]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
-    output = (proc.stdout or "") + (proc.stderr or "")
-    for secret in (os.environ.get("KAGGLE_KEY"),):
-        if secret:
-            output = output.replace(secret, "***")
-    if proc.returncode != 0 or "error" in output.lower():
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=TIMEOUT_S,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise UploadError(f"the kaggle CLI gave no answer in {TIMEOUT_S:g} s; the upload MAY have gone through - check "
+                          f"the Submissions page of '{slug}' before submitting again (daily quota)") from None
+    output = _redact((proc.stdout or "") + (proc.stderr or ""))
+    if proc.returncode != 0 or SUCCESS not in output.lower():
         raise UploadError(explain_failure(output, slug))
     return output.strip()
 
 
+def _redact(text: str) -> str:
+    """The CLI's output with the Kaggle key masked."""
+    key = os.environ.get("KAGGLE_KEY")
+    return text.replace(key, "***") if key else text
+
+
+def read_submission(path: Path, comp: CompetitionConfig) -> pd.DataFrame:
+    """A submission CSV with ids as text, or a SubmissionError saying what the file is instead."""
+    if not path.is_file():
+        raise SubmissionError(f"{path} not found - pass the .csv that `competition.ensemble` wrote")
+    if path.suffix.lower() != ".csv":
+        raise SubmissionError(f"{path} is a {path.suffix or 'suffix-less'} file, not a submission CSV - pass the "
+                              f"submissions/<name>.csv (the .json beside it is the blend's sidecar)")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SubmissionError(f"{path} is not a readable CSV ({reason}) - rewrite it with `competition.ensemble`") from None
+
+
 def submit(path: Path, message: str, comp: CompetitionConfig, project: Project, dry_run: bool = False) -> str:
     """Validate the file, then upload it unless dry_run."""
-    if not path.is_file():
-        raise SubmissionError(f"{path} not found")
-    frame = pd.read_csv(path, dtype={comp.id_column: str})
+    frame = read_submission(path, comp)
     validate_submission(frame, comp, project)
     log.info("%s: valid (%d rows)", path, len(frame))
     if dry_run:

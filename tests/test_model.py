@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from competition.config import ModelConfig
+from competition.config import ConfigError, ModelConfig
 from competition.model import Detector, amp_dtype, build_model
 from tests.conftest import PROJECT
 from tests.conftest import WEIGHTS
@@ -41,7 +41,7 @@ def test_pretrained_file_and_uint8_forward(tmp_path):
 
 
 def test_missing_weights_file_is_clear():
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(ConfigError, match="not found"):
         build_model(ModelConfig(name="resnet18", pretrained_file="/nope/w.safetensors"), PROJECT)
 
 
@@ -50,7 +50,7 @@ def test_hub_failure_says_what_to_do(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: the env alone retried ~45 s
-    with pytest.raises(RuntimeError, match="pretrained weights could not be loaded from the hub .* model.pretrained_file"):
+    with pytest.raises(ConfigError, match="pretrained weights could not be loaded from the hub .* model.pretrained_file"):
         build_model(ModelConfig(name="resnet18", weights_dir="/nonexistent"), PROJECT)
 
 

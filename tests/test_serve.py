@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -45,7 +46,8 @@ def server(home):
     call_kit(home, "competition.experiment", "web")
     port = free_port()
     env = {**os.environ, "KIT_HOME": str(home), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "competition.serve", "web", "--port", str(port), "--max-mb", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "competition.serve", "web", "--port", str(port), "--max-mb", "1",
+                             "--max-queue", "3", "--max-megapixels", "40"],
                             cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -69,8 +71,58 @@ def test_api_predicts_and_refuses_bad_uploads(server):
     assert data["gradcam_png"]
     status, data = post_file(server + "/predict", "notes.jpg", b"plain text, not an image")
     assert status == 415 and "not a readable image" in data["detail"]
-    status, data = post_file(server + "/predict", "big.jpg", b"\xff" * (2 * 2**20))
-    assert status == 413 and "larger than 1 MB" in data["detail"]
+    reply = declare_body(server, 2 * 2**20)  # 2 MB declared: refused from the headers (the client gets no EPIPE race)
+    assert reply.startswith("HTTP/1.1 413") and "upload larger than 1 MB" in reply
+
+
+def declare_body(server: str, n_bytes: int) -> str:
+    """Send only the headers of a POST declaring n_bytes of body; return the server's reply."""
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     f"Content-Length: {n_bytes}\r\n\r\n".encode())
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < int(
+                reply.lower().split(b"content-length: ")[1].split(b"\r\n")[0]):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        return reply.decode()
+
+
+def test_declared_huge_body_is_refused_before_it_is_sent(server):
+    """A 500 MB Content-Length gets 413 at once: the server never waits for (or spools) the body."""
+    t0 = time.time()
+    reply = declare_body(server, 500 * 2**20)
+    assert reply.startswith("HTTP/1.1 413") and time.time() - t0 < 5
+
+
+def test_decoded_pixels_are_bounded(server):
+    """A small PNG that decodes to 45 megapixels is refused before decoding (the bound is 40)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (9000, 5000)).save(buf, "PNG")
+    assert len(buf.getvalue()) < 2**20
+    status, data = post_file(server + "/predict", "wide.png", buf.getvalue())
+    assert status == 415 and "megapixel limit" in data["detail"]
+
+
+def test_inference_runs_off_the_event_loop_with_a_bounded_queue(server):
+    """12 uploads at once: /health still answers quickly, the queue (3) overflows into 503s, none is lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    image = next((CIFAKE / "test_data_v2").glob("*.jpg")).read_bytes()
+    with ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(post_file, server + "/predict", f"{i}.jpg", image) for i in range(12)]
+        time.sleep(0.3)
+        t0 = time.time()
+        urllib.request.urlopen(server + "/health", timeout=10).read()
+        health_s = time.time() - t0
+        statuses = [f.result()[0] for f in futures]
+    assert health_s < 1.0
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 1 and statuses.count(503) >= 1
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
