@@ -171,6 +171,10 @@ def experiment_file(name_or_path: str, project: Project) -> Path:
     """Map `exp001` or a path ending in .yaml to the experiment's YAML file."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
+        try:
+            check_name(path.stem)  # `..yaml` would put outputs in experiments/. or above
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
         return path if path.is_absolute() else (Path.cwd() / path)
     return project.experiments / f"{check_name(name_or_path)}.yaml"
 

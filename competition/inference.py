@@ -104,10 +104,10 @@ def predict_dataset(model: Detector, dataset: ImageDataset, cfg: Config, device:
 def load_experiment(project: Project, name: str, device: torch.device) -> Experiment:
     """Every fold's best model of an experiment, with its saved config, threshold and training prior."""
     out = project.experiment_dir(name)
-    cfg = load_saved_config(out / "config.yaml")
     checkpoints = sorted(out.glob("fold*/best.pt"))
-    if not checkpoints:
+    if not checkpoints or not (out / "config.yaml").is_file():
         raise ConfigError(f"{out}: no fold*/best.pt - run `./run.sh {name}` first")
+    cfg = load_saved_config(out / "config.yaml")
     t0 = time.perf_counter()
     models = [load_detector(ckpt, device, project) for ckpt in checkpoints]
     metrics_file, oof_file = out / "metrics.json", out / "oof.csv"

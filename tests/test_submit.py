@@ -21,6 +21,17 @@ mode = os.environ.get("FAKE_KAGGLE_MODE", "ok")
 if mode == "ok":
     print("Successfully submitted to Some Competition")
     sys.exit(0)
+if mode == "error_in_title":  # a good upload whose output contains "error"
+    print("100%|##########| 1.2k/1.2k")
+    print("Successfully submitted to Error Level Analysis Challenge")
+    sys.exit(0)
+if mode in ("cannot_submit_exit0", "no_competition_exit0"):  # kaggle 2.x prints a failure and exits 0
+    print({"cannot_submit_exit0": "Could not submit to competition",
+           "no_competition_exit0": "Could not find competition - please verify that you entered the correct id"}[mode])
+    sys.exit(0)
+if mode == "hang":
+    import time
+    time.sleep(60)
 messages = {
     "nocreds": "OSError: Could not find kaggle.json. Make sure it's located in /root/.config/kaggle.",
     "403": "403 Client Error: Forbidden for url: https://www.kaggle.com/api/v1/competitions/submissions/url",
@@ -45,8 +56,8 @@ def kit(home, tmp_path):
     sample.assign(label=np.linspace(0, 1, len(sample))).to_csv(sub, index=False)
     log = tmp_path / "kaggle.log"
 
-    def run(*args, mode="ok"):
-        env = {**os.environ, "KIT_HOME": str(home), "PYTHONPATH": str(REPO), "FAKE_KAGGLE_LOG": str(log),
+    def run(*args, mode="ok", timeout_s="300"):
+        env = {**os.environ, "KIT_KAGGLE_TIMEOUT": timeout_s, "KIT_HOME": str(home), "PYTHONPATH": str(REPO), "FAKE_KAGGLE_LOG": str(log),
                "FAKE_KAGGLE_MODE": mode, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                "KAGGLE_KEY": "s3cr3t-key-value"}
         return subprocess.run([sys.executable, "-m", "competition.submit", *args], env=env, capture_output=True,
@@ -86,3 +97,25 @@ def test_invalid_file_is_never_uploaded(kit):
     frame.iloc[::-1].to_csv(sub, index=False)
     proc = run(str(sub), "-m", "x")
     assert proc.returncode == 2 and "not in the sample submission's order" in proc.stderr and not log.exists()
+
+
+@pytest.mark.parametrize("mode, advice", [
+    ("cannot_submit_exit0", "upload not confirmed"),
+    ("no_competition_exit0", "no competition 'tiny-comp'"),
+])
+def test_exit_code_zero_without_a_success_line_is_a_failure(kit, mode, advice):
+    run, sub, _ = kit
+    proc = run(str(sub), "-m", "x", mode=mode)
+    assert proc.returncode == 2 and advice in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_success_line_wins_over_the_word_error(kit):
+    run, sub, _ = kit
+    proc = run(str(sub), "-m", "x", mode="error_in_title")
+    assert proc.returncode == 0 and "Successfully submitted" in proc.stderr
+
+
+def test_hanging_cli_times_out_with_a_warning_about_the_quota(kit):
+    run, sub, _ = kit
+    proc = run(str(sub), "-m", "x", mode="hang", timeout_s="2")
+    assert proc.returncode == 2 and "MAY have gone through" in proc.stderr and "Traceback" not in proc.stderr
