@@ -68,8 +68,8 @@ def load_tables(cfg: Config, project: Project, split: str = "fold") -> tuple[pd.
 def check_config_unchanged(cfg: Config, out: Path) -> None:
     """Refuse to resume outputs made with a different config (train.folds may differ)."""
     saved_file = out / "config.yaml"
-    if not saved_file.is_file():
-        return
+    if not saved_file.is_file() or not any(out.glob("fold*/*.pt")):
+        return  # nothing trained yet: a config fixed after a failed start simply replaces the saved one
     defaults = to_dict(Config())
     try:
         saved = yaml.safe_load(saved_file.read_text()) or {}

@@ -114,3 +114,14 @@ def test_image_folder_layout_end_to_end_with_submission_and_predict(tmp_path):
     pred = pd.read_csv(home / "p.csv", keep_default_na=False).set_index("path")
     assert len(pred) == 2 and pred.loc[str(probe / "broken.jpg"), "label"] == -1
     assert pred.loc[str(probe / "ok.png"), "label"] in (0, 1) and pred.loc[str(probe / "broken.jpg"), "error"]
+
+
+@pytest.mark.slow
+def test_a_config_fixed_after_a_failed_start_is_accepted(home):
+    """A run that failed before training (bad weights file) saved its config; the corrected rerun must run."""
+    smoke_experiment(home, "w", train={"folds": [0]})
+    (home / "w.safetensors").write_text("not weights")
+    bad = call_kit(home, "competition.experiment", "w", f"model.pretrained_file={home / 'w.safetensors'}", check=False)
+    assert bad.returncode == 2 and "w.safetensors" in bad.stderr
+    good = call_kit(home, "competition.experiment", "w")
+    assert "fold0 done" in good.stderr
