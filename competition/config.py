@@ -111,6 +111,7 @@ class TrainConfig:
     ema_decay: Annotated[float, Range(gt=0.0, lt=1.0)] = 0.999  # EMA decay per optimizer step
     patience: Annotated[int, Range(ge=0)] = 3  # early stopping: epochs without validation improvement (0 = off)
     label_smoothing: Annotated[float, Range(ge=0.0, lt=1.0)] = 0.0  # BCE target smoothing
+    clip_grad: Annotated[float, Range(ge=0.0)] = 0.0  # max global gradient norm (0 = off); unscaled first under fp16
     seed: int = 42  # seeds model init, shuffling and augmentation
     folds: list = field(default_factory=list)  # folds to run; [] = all
     threads: Annotated[int, Range(ge=0, le=1024)] = 0  # torch CPU threads; 0 = all cores
@@ -121,6 +122,7 @@ class TrainConfig:
 class TTAConfig:
     views: Literal["identity", "hflip", "d4"] = "hflip"  # flips/rotations averaged at test time (d4 = 8 views)
     crops: Literal[1, 5] = 1  # native-scale crops per image larger than img_size: 1 (centre) or 5 (corners + centre)
+    max_batch: Annotated[int, Range(ge=1)] = 256  # images per forward pass; batch x views x crops is split to fit
 
 
 @dataclass(frozen=True)

@@ -262,13 +262,13 @@ class ImageDataset(Dataset):
         return to_tensor(self.transform(image=normalize_encoding(image, self.encoding))["image"])
 
     def __getitem__(self, index: int):
-        error = ""
+        error, label = "", self.labels[index]
         try:
             image = self.load(index)
         except BadImageError as err:
-            error = str(err) or "undecodable"
+            error, label = str(err) or "undecodable", np.float32("nan")  # NaN label: weight 0 in training
             image = np.zeros((8, 8, 3), np.uint8)
-        return self.prepare(image), torch.tensor(self.labels[index]), index, error
+        return self.prepare(image), torch.tensor(label), index, error
 
 
 def seed_worker(worker_id: int) -> None:

@@ -65,8 +65,14 @@ def load_tables(cfg: Config, project: Project, split: str = "fold") -> tuple[pd.
     return train, load_test_table(cfg.competition, project)
 
 
+# Where and how a run executes, not what it computes: a run started on CPU may be finished on a GPU machine.
+RUNTIME_KEYS = (("train", "folds"), ("train", "device"), ("train", "threads"), ("train", "compile"),
+                ("data", "num_workers"), ("data", "cache_dir"), ("competition", "data_dir"), ("model", "weights_dir"),
+                ("model", "pretrained_file"), ("tta", "max_batch"))
+
+
 def check_config_unchanged(cfg: Config, out: Path) -> None:
-    """Refuse to resume outputs made with a different config (train.folds may differ)."""
+    """Refuse to resume outputs made with a different config; RUNTIME_KEYS may differ."""
     saved_file = out / "config.yaml"
     if not saved_file.is_file() or not any(out.glob("fold*/*.pt")):
         return  # nothing trained yet: a config fixed after a failed start simply replaces the saved one
@@ -79,7 +85,8 @@ def check_config_unchanged(cfg: Config, out: Path) -> None:
              for s, v in saved.items()}  # keys added to the kit later read as their defaults
     now = to_dict(cfg)
     for conf in (saved, now):
-        conf.get("train", {}).pop("folds", None)
+        for section, key in RUNTIME_KEYS:
+            conf.get(section, {}).pop(key, None)
     if saved != now:
         diff = [f"{s}.{k}: {saved.get(s, {}).get(k)!r} -> {v!r}" for s, sec in now.items() if isinstance(sec, dict)
                 for k, v in sec.items() if saved.get(s, {}).get(k) != v]

@@ -58,22 +58,28 @@ def eval_dataset(cfg: Config, paths: list[str], labels: np.ndarray | None = None
 
 @torch.no_grad()
 def predict_views(model: torch.nn.Module, images: torch.Tensor, transforms: list, autocast=nullcontext,
-                  channels_last: bool = False) -> np.ndarray:
-    """Probabilities (views, N, crops) for a uint8 batch (N, C, H, W) or (N, crops, C, H, W), one forward pass."""
+                  channels_last: bool = False, max_batch: int = 256) -> np.ndarray:
+    """Probabilities (views, N, crops) for a uint8 batch (N, C, H, W) or (N, crops, C, H, W).
+
+    The views x N x crops images go through the model at most max_batch at a time (d4 x 5 crops x batch 64 is
+    2,560 images: one forward would not fit a 16 GB GPU); logits come back fp32."""
     crops = images.shape[1] if images.ndim == 5 else 1
     flat = images.flatten(0, 1) if images.ndim == 5 else images
-    batch = torch.cat([view(flat) for view in transforms])
-    if channels_last:
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    with autocast():
-        logits = model(batch).float()
-    return torch.sigmoid(logits).view(len(transforms), images.shape[0], crops).cpu().numpy()
+    out = []
+    for view in transforms:
+        for start in range(0, len(flat), max_batch):
+            chunk = view(flat[start:start + max_batch])
+            if channels_last:
+                chunk = chunk.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                out.append(model(chunk).float())
+    return torch.sigmoid(torch.cat(out)).view(len(transforms), images.shape[0], crops).cpu().numpy()
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, views: str = "identity",
             fallback: float = 0.5, amp: torch.dtype | None = None, channels_last: bool = False,
-            desc: str = "predict") -> Predictions:
+            desc: str = "predict", max_batch: int = 256) -> Predictions:
     """Run the model over a loader with the named TTA views; the first view is the identity."""
     model.eval()
     transforms = tta_views(views)
@@ -82,7 +88,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, vi
     errors: dict[int, str] = {}
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
     for images, _, index, error in tqdm(loader, desc=desc, leave=False, mininterval=2):
-        p = predict_views(model, images.to(device, non_blocking=True), transforms, autocast, channels_last)
+        p = predict_views(model, images.to(device, non_blocking=True), transforms, autocast, channels_last, max_batch)
         idx = index.numpy()
         prob[idx] = p.mean(axis=(0, 2))
         prob_id[idx] = p[0, :, -1]  # identity view of the centre crop (last of five_crops)
@@ -98,7 +104,7 @@ def predict_dataset(model: Detector, dataset: ImageDataset, cfg: Config, device:
     """A model's predictions over a dataset with the config's TTA views (or `views`), batch, AMP and layout."""
     loader = make_loader(dataset, cfg, device, train=False)
     return predict(model, loader, device, views or cfg.tta.views, prior, amp_dtype(cfg.train.amp, device),
-                   cfg.train.channels_last, desc=desc)
+                   cfg.train.channels_last, desc=desc, max_batch=cfg.tta.max_batch)
 
 
 def load_experiment(project: Project, name: str, device: torch.device) -> Experiment:
@@ -132,6 +138,6 @@ def predict_image(exp: Experiment, image: np.ndarray) -> float:
     batch = eval_dataset(exp.cfg, []).prepare(image)
     batch = batch[None]
     transforms = tta_views(exp.cfg.tta.views)
-    return float(np.mean([predict_views(m, batch.to(next(m.parameters()).device), transforms).mean()
-                          for m in exp.models]))
+    return float(np.mean([predict_views(m, batch.to(next(m.parameters()).device), transforms,
+                                        max_batch=exp.cfg.tta.max_batch).mean() for m in exp.models]))
 

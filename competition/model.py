@@ -41,7 +41,9 @@ class Detector(nn.Module):
         return x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.prepare(images)).squeeze(1)
+        feats = self.backbone.forward_features(self.prepare(images))
+        with torch.autocast(images.device.type, enabled=False):  # the head and the logits stay fp32 under AMP
+            return self.backbone.forward_head(feats.float()).squeeze(1)
 
 
 def local_weights(cfg: ModelConfig, project: Project) -> tuple[Path | None, dict]:
@@ -147,9 +149,17 @@ def pick_device(name: str) -> torch.device:
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16 if supported (else fp16) on CUDA with amp=auto; None (fp32) on CPU or amp=off."""
+    """Autocast dtype: on CUDA, bf16 where the GPU has it natively (compute capability >= 8.0: A100, H100, L4),
+    else fp16 (T4, V100: trained with a GradScaler); None (fp32) on CPU or with amp=off.
+
+    `torch.cuda.is_bf16_supported()` is not used: recent torch also counts emulation and says True on a T4."""
     if device.type != "cuda" or amp == "off":
         return None
+    native_bf16 = torch.cuda.get_device_capability(device) >= (8, 0)
     if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16 else torch.float16
+    if amp == "bf16" and not native_bf16:
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ConfigError(f"train.amp=bf16 needs a GPU of compute capability >= 8.0; this one is {major}.{minor} - "
+                          f"use train.amp=auto (fp16 + GradScaler here)")
     return torch.bfloat16 if amp == "bf16" else torch.float16

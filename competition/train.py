@@ -140,20 +140,21 @@ def train_one_epoch(state: TrainState, runner: torch.nn.Module, loader: DataLoad
     bar = tqdm(loader, desc=desc, leave=False, mininterval=2)
     tick = time.perf_counter()
     state.optimizer.zero_grad(set_to_none=True)
-    for step, (images, target, _, error) in enumerate(bar):
+    for step, (images, target, _, _) in enumerate(bar):
         wait += time.perf_counter() - tick
         images = images.to(device, non_blocking=True)
         if cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        target = target.to(device, non_blocking=True) * (1 - smooth) + 0.5 * smooth
-        weight = torch.tensor([0.0 if e else 1.0 for e in error], device=device)
+        target = target.to(device, non_blocking=True)
+        weight = (~torch.isnan(target)).float()  # undecodable rows carry a NaN label: weight 0, no host list
+        target = torch.nan_to_num(target) * (1 - smooth) + 0.5 * smooth
         with autocast():
             logits = runner(images).float()
         loss = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum()
         loss = loss / weight.sum().clamp(min=1.0)
         state.scaler.scale(loss / accum).backward()
         if (step + 1) % accum == 0 or step + 1 == len(loader):
-            _optimizer_step(state)
+            _optimizer_step(state, cfg.train.clip_grad)
         loss_sum += loss.detach() * len(images)
         seen += len(images)
         if step % LOG_EVERY == 0:
@@ -164,14 +165,22 @@ def train_one_epoch(state: TrainState, runner: torch.nn.Module, loader: DataLoad
             "data_wait": wait / elapsed if elapsed else 0.0}
 
 
-def _optimizer_step(state: TrainState) -> None:
-    """Step optimizer (through the scaler), schedule and EMA; clear gradients."""
+def _optimizer_step(state: TrainState, clip_grad: float = 0.0) -> bool:
+    """Clip (after unscaling), step the optimizer through the scaler; step the schedule and EMA only when the
+    optimizer really stepped (fp16's GradScaler skips steps with inf/NaN gradients). Returns whether it stepped."""
+    if clip_grad > 0:
+        state.scaler.unscale_(state.optimizer)
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip_grad)
+    scale = state.scaler.get_scale() if state.scaler.is_enabled() else None  # a sync, only under fp16
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.optimizer.zero_grad(set_to_none=True)
-    state.scheduler.step()
-    if state.ema is not None:
-        state.ema.update(state.model)
+    stepped = scale is None or state.scaler.get_scale() >= scale  # the scale drops exactly when a step is skipped
+    if stepped:
+        state.scheduler.step()
+        if state.ema is not None:
+            state.ema.update(state.model)
+    return stepped
 
 
 def validate(model: torch.nn.Module, loader: DataLoader, target: np.ndarray, cfg: Config, device: torch.device,

@@ -57,6 +57,9 @@ def test_whole_path_smoke(home):
     assert "fold 0 already done, skipping" in rerun.stderr
     assert (out / "fold0" / "best.pt").stat().st_mtime_ns == mtime
 
+    runtime = call_kit(home, "competition.experiment", "s1", "train.threads=2", "data.num_workers=0", "train.device=cpu",
+                       "tta.max_batch=7", "train.compile=false", f"data.cache_dir={home / 'other_cache'}")
+    assert "fold 1 already done, skipping" in runtime.stderr  # where a run executes is not what it computes
     changed = call_kit(home, "competition.experiment", "s1", "train.epochs=2", check=False)
     assert changed.returncode == 2 and "config changed" in changed.stderr and "--restart" in changed.stderr
 
