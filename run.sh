@@ -3,6 +3,7 @@
 #   ./run.sh exp001 [section.key=value ...] [--restart]   train every fold, OOF + TTA test preds, leaderboard
 #   ./run.sh test [pytest args]                           the test suite (what .ci/run calls)
 #   ./run.sh folds|ensemble|submit|audit|leaderboard|predict|report|explain|serve [args]   python -m competition.<that>
+#   ./run.sh exp001 --devices 0,1 | --folds 0,1 --no-assemble; ./run.sh assemble exp001   folds in parallel
 # Python: $KIT_PYTHON if set (e.g. KIT_PYTHON=python3 on a machine that already has torch/timm),
 # else .venv, created from requirements.txt on first use and refreshed when requirements.txt changes.
 set -euo pipefail
@@ -29,10 +30,11 @@ export MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-4294967296}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 cmd="${1:-}"
-[[ -n "$cmd" ]] || { sed -n '2,7p' "$0"; exit 2; }
+[[ -n "$cmd" ]] || { sed -n '2,6p' "$0"; exit 2; }
 shift
 case "$cmd" in
   test) exec "$PY" -m pytest tests "$@" ;;
   folds|ensemble|submit|audit|leaderboard|predict|report|explain|serve) exec "$PY" -m "competition.$cmd" "$@" ;;
+  assemble) exec "$PY" -m competition.experiment "$@" --assemble ;;
   *) exec "$PY" -m competition.experiment "$cmd" "$@" ;;
 esac

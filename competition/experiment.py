@@ -15,11 +15,13 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -297,49 +299,117 @@ def check_decodable(cfg: Config, train: pd.DataFrame, cache: ImageCache | None) 
                         f"or set data.on_bad_image=skip")
 
 
-def run_experiment(cfg: Config, project: Project, restart: bool = False, ood: bool = False) -> dict:
-    """Run every configured fold of an experiment (resuming), then assemble and rank it.
+@dataclass
+class Run:
+    """What every fold of a run shares: the tables, the image caches, the fold count, the device."""
 
-    ood=True trains on the folds file's `ood_fold` split (whole content clusters held out) into <exp>/ood/.
-    """
-    out = output_dir(cfg, project, ood)
-    with experiment_lock(out):
-        return _run_locked(cfg, project, out, restart, ood)
+    train: pd.DataFrame
+    test: pd.DataFrame
+    caches: dict
+    n_folds: int
+    device: torch.device
 
 
-def _run_locked(cfg: Config, project: Project, out: Path, restart: bool, ood: bool) -> dict:
-    """run_experiment's body, while this process holds the experiment folder's lock."""
-    open_outputs(cfg, project, out, restart)
-    wall_file = out / "wall_s.json"
-    wall_before = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
-    t0 = time.perf_counter()
+def prepare_run(cfg: Config, project: Project, out: Path, ood: bool, device: str | None) -> Run:
+    """Tables (folds built and audited once), the input fingerprint check, caches and the device."""
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
-    device = pick_device(cfg.train.device)
     train, test = load_tables(cfg, project, "ood_fold" if ood else "fold")
     check_inputs_unchanged(out, train, test)
-    n_folds = int(train["fold"].max()) + 1 if ood else cfg.folds.n_splits
     cache_dir = project.cache_dir(cfg)
     caches = {split: open_cache(frame["path"].tolist(), cfg.data.cache, cache_dir)
               for split, frame in (("train", train), ("test", test))}
     check_decodable(cfg, train, caches["train"])
-    folds_run = list(cfg.train.folds) or list(range(n_folds))
-    log.info("%s: %s on %s, folds %s, %d train / %d test images", cfg.name, cfg.model.name, device, folds_run,
-             len(train), len(test))
-    for fold in folds_run:
-        if fold_done(out / f"fold{fold}"):
-            log.info("fold %d already done, skipping", fold)
-            continue
-        run_fold(cfg, project, fold, train, test, caches, out, device)
-        write_json(wall_file, {"wall_s": wall_before + time.perf_counter() - t0})
-    wall = wall_before + time.perf_counter() - t0
-    write_json(wall_file, {"wall_s": wall})
-    metrics = assemble(cfg, out, folds_run, n_folds, test, wall)
+    n_folds = int(train["fold"].max()) + 1 if ood else cfg.folds.n_splits
+    return Run(train, test, caches, n_folds, pick_device(device or cfg.train.device))
+
+
+def train_folds(cfg: Config, project: Project, out: Path, run: Run, folds: list[int]) -> None:
+    """Train the folds not done yet, each under its own lock (several processes may share one experiment)."""
+    log.info("%s: %s on %s, folds %s, %d train / %d test images", cfg.name, cfg.model.name, run.device, folds,
+             len(run.train), len(run.test))
+    for fold in folds:
+        with experiment_lock(out / f"fold{fold}"):
+            if fold_done(out / f"fold{fold}"):
+                log.info("fold %d already done, skipping", fold)
+                continue
+            remove_stale_temps(out / f"fold{fold}")
+            run_fold(cfg, project, fold, run.train, run.test, run.caches, out, run.device)
+
+
+def finish(cfg: Config, project: Project, out: Path, run: Run, folds: list[int], ood: bool, wall: float) -> dict:
+    """Assemble every fold into the experiment's outputs (refused while a fold is missing), leaderboard, report."""
+    missing = [k for k in folds if not fold_done(out / f"fold{k}")]
+    if missing:
+        raise DataError(f"{out}: fold(s) {missing} not finished - run them (e.g. `./run.sh {cfg.name} --folds "
+                        f"{','.join(map(str, missing))} --no-assemble`), then `./run.sh assemble {cfg.name}`")
+    metrics = assemble(cfg, out, folds, run.n_folds, run.test, wall)
     write_leaderboard(project)
     if not ood:
         _write_report(project, cfg.name)
-    log.info("%s: OOF %s %.5f (folds %.5f +- %.5f), TTA gain %+.5f, %.1f min", cfg.name, metrics["metric"],
-             metrics["oof_score"], metrics["fold_mean"], metrics["fold_std"], metrics["tta"]["gain"], wall / 60)
+    log.info("%s: assembled %d fold(s): OOF %s %.5f (folds %.5f +- %.5f), TTA gain %+.5f, %.1f min", cfg.name,
+             len(folds), metrics["metric"], metrics["oof_score"], metrics["fold_mean"], metrics["fold_std"],
+             metrics["tta"]["gain"], wall / 60)
     return metrics
+
+
+def run_experiment(cfg: Config, project: Project, restart: bool = False, ood: bool = False,
+                   folds: list[int] | None = None, mode: str = "all", device: str | None = None,
+                   workers: Callable[[list[int]], None] | None = None) -> dict | None:
+    """Run an experiment's folds (resuming) and assemble it once.
+
+    mode: all (train, then assemble) | train (only these folds, no assembly: one of several processes or
+    machines) | assemble (refused while a fold is missing). `workers`, when given, trains the folds instead
+    of this process (one process per device). ood=True uses the folds file's `ood_fold` split, into <exp>/ood/.
+    """
+    out = output_dir(cfg, project, ood)
+    if mode == "train":
+        out.mkdir(parents=True, exist_ok=True)
+        check_config_unchanged(cfg, out)
+        save_config(cfg, out / "config.yaml")
+        run = prepare_run(cfg, project, out, ood, device)
+        train_folds(cfg, project, out, run, folds or list(cfg.train.folds) or list(range(run.n_folds)))
+        return None
+    with experiment_lock(out):
+        open_outputs(cfg, project, out, restart and mode == "all")
+        t0, wall_file = time.perf_counter(), out / "wall_s.json"
+        wall_before = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
+        run = prepare_run(cfg, project, out, ood, device)
+        folds = folds or list(cfg.train.folds) or list(range(run.n_folds))
+        if mode == "all":
+            (workers or (lambda ks: train_folds(cfg, project, out, run, ks)))(folds)
+        wall = wall_before + time.perf_counter() - t0
+        write_json(wall_file, {"wall_s": wall})
+        return finish(cfg, project, out, run, folds, ood, wall)
+
+
+def device_plan(devices: str, folds: list[int]) -> dict[str, list[int]]:
+    """`0,1` or `cuda:0,cuda:1` or `cpu,cpu` -> {device: folds}, folds dealt round-robin."""
+    names = [d.strip() for d in devices.split(",") if d.strip()]
+    names = [f"cuda:{d}" if d.isdigit() else d for d in names]
+    plan: dict[str, list[int]] = {}
+    for i, fold in enumerate(folds):
+        plan.setdefault(f"{names[i % len(names)]}#{i % len(names)}", []).append(fold)
+    return plan
+
+
+def launch_workers(project: Project, argv: list[str], devices: str) -> Callable[[list[int]], None]:
+    """A `workers` callable: one `experiment ... --folds K --no-assemble --device D` process per device, waited for."""
+    def start(folds: list[int]) -> None:
+        env = {**os.environ, "KIT_HOME": str(project.root)}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+                                                          env.get("PYTHONPATH", "")]))
+        procs = []
+        for slot, ks in device_plan(devices, folds).items():
+            device = slot.split("#")[0]
+            cmd = [sys.executable, "-m", "competition.experiment", *argv, "--folds", ",".join(map(str, ks)),
+                   "--no-assemble", "--device", device]
+            log.info("worker on %s: folds %s", device, ks)
+            procs.append((device, ks, subprocess.Popen(cmd, env=env)))
+        failed = [(d, ks, p.wait()) for d, ks, p in procs]
+        failed = [f"{d} (folds {ks}, exit {rc})" for d, ks, rc in failed if rc != 0]
+        if failed:
+            raise DataError(f"worker(s) failed: {'; '.join(failed)} - see their messages above; rerun to resume")
+    return start
 
 
 def _write_report(project: Project, name: str) -> None:
@@ -360,6 +430,11 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("--restart", action="store_true", help="delete this experiment's outputs and start over")
     parser.add_argument("--ood", action="store_true",
                         help="train on the out-of-distribution split (folds.ood_split: cluster) into <exp>/ood/")
+    parser.add_argument("--folds", default="", help="only these folds, e.g. 0,1 (overrides train.folds)")
+    parser.add_argument("--devices", default="", help="one process per device, folds dealt round-robin: 0,1 | cpu,cpu")
+    parser.add_argument("--device", default="", help="where this process trains (overrides train.device): cpu, cuda:1")
+    parser.add_argument("--no-assemble", action="store_true", help="train the folds only; `assemble` gathers them later")
+    parser.add_argument("--assemble", action="store_true", help="only gather finished folds (refused while one is missing)")
     args = parser.parse_args(argv)
     project = project or Project.from_env()
 
@@ -367,10 +442,27 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
         bad = [o for o in args.overrides if not is_override(o)]
         if bad:
             raise ConfigError(f"override {bad[0]!r}: expected section.key=value, e.g. train.epochs=3")
-        run_experiment(load_config(args.experiment, args.overrides, project), project, args.restart, args.ood)
+        cfg = load_config(args.experiment, args.overrides, project)
+        folds = parse_folds(args.folds, cfg.folds.n_splits) if args.folds else None
+        mode = "assemble" if args.assemble else "train" if args.no_assemble else "all"
+        base_argv = [args.experiment, *args.overrides] + (["--ood"] if args.ood else [])
+        workers = launch_workers(project, base_argv, args.devices) if args.devices and mode == "all" else None
+        run_experiment(cfg, project, args.restart, args.ood, folds, mode, args.device or None, workers)
         return 0
 
     return cli.run(body)
+
+
+def parse_folds(text: str, n_splits: int) -> list[int]:
+    """`0,2` -> [0, 2], checked against the split."""
+    try:
+        folds = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise ConfigError(f"--folds {text!r}: expected fold numbers like 0,1") from None
+    bad = [k for k in folds if not 0 <= k < n_splits] + [k for k in set(folds) if folds.count(k) > 1]
+    if bad or not folds:
+        raise ConfigError(f"--folds {text!r}: each fold once, within 0..{n_splits - 1}")
+    return folds
 
 
 if __name__ == "__main__":

@@ -142,10 +142,14 @@ def pick_device(name: str) -> torch.device:
     """auto -> cuda when available, else cpu."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda asked for, but no CUDA device is visible; use --device auto/cpu "
-                          "(train.device=auto or cpu)")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device name: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"device {name} asked for, but {torch.cuda.device_count()} CUDA device(s) are visible; use "
+                          f"--device auto/cpu (train.device=auto or cpu)")
+    return device
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
