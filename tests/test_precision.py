@@ -77,7 +77,7 @@ def test_clip_grad_bounds_the_update(scaler_enabled):
 
 
 def test_logits_are_fp32_under_autocast():
-    model = build_model(ModelConfig(name="tf_mobilenetv3_small_100", weights_dir=str(WEIGHTS)), PROJECT).eval()
+    model = build_model(ModelConfig(name="tf_mobilenetv3_small_100", pretrained=False), PROJECT).eval()
     torch.nn.init.normal_(model.backbone.get_classifier().weight, std=0.1)
     x = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -90,7 +90,7 @@ def test_logits_are_fp32_under_autocast():
 
 
 def test_tta_micro_batches_equal_one_forward():
-    model = build_model(ModelConfig(name="tf_mobilenetv3_small_100", weights_dir=str(WEIGHTS)), PROJECT).eval()
+    model = build_model(ModelConfig(name="tf_mobilenetv3_small_100", pretrained=False), PROJECT).eval()
     torch.nn.init.normal_(model.backbone.get_classifier().weight, std=0.1)
     images = torch.randint(0, 256, (4, 5, 3, 32, 32), dtype=torch.uint8)  # 4 images x 5 crops
     whole = predict_views(model, images, tta_views("d4"), max_batch=10_000)
@@ -104,3 +104,17 @@ def test_undecodable_training_row_carries_a_nan_label(tmp_path):
     ds = ImageDataset([str(bad)], np.array([1.0]), build_eval_transform(DataConfig(img_size=32)))
     _, label, _, error = ds[0]
     assert torch.isnan(label) and error
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.sh runs this there)")
+def test_real_gpu_gets_its_native_precision_and_trains_a_step():
+    device = torch.device("cuda")
+    want = torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
+    assert amp_dtype("auto", device) is want
+    model = build_model(ModelConfig(name="tf_mobilenetv3_small_100", pretrained=False), PROJECT).to(device)
+    x = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, device=device)
+    with torch.autocast("cuda", dtype=want):
+        logits = model(x)
+    assert logits.dtype == torch.float32
+    logits.sum().backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
