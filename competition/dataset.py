@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
 from competition.atomic import DiskFullError, atomic_path, free_bytes, write_text
@@ -243,6 +243,15 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.cache = cache
         self.encoding = encoding or {}
+        # Augmentation seed of the current epoch, in shared memory so persistent workers see each new epoch;
+        # -1 = not seeded (evaluation). Each worker reseeds its transform once per epoch from (seed, worker id),
+        # so a resumed run draws exactly what the uninterrupted one drew.
+        self.epoch_seed = torch.full((1,), -1, dtype=torch.int64).share_memory_()
+        self._seeded = -1  # the epoch seed this process (worker) last applied
+
+    def set_epoch_seed(self, seed: int) -> None:
+        """Seed the augmentation of the coming epoch (seen by persistent workers too)."""
+        self.epoch_seed[0] = seed
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -259,6 +268,11 @@ class ImageDataset(Dataset):
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """What the model gets for a decoded image: re-encoding (when configured), the transform, a uint8 tensor."""
+        seed = int(self.epoch_seed[0])
+        if seed != self._seeded and seed >= 0 and hasattr(self.transform, "set_random_seed"):
+            info = torch.utils.data.get_worker_info()
+            self.transform.set_random_seed((seed * 1_000_003 + (info.id + 1 if info else 0)) % 2**32)
+            self._seeded = seed
         return to_tensor(self.transform(image=normalize_encoding(image, self.encoding))["image"])
 
     def __getitem__(self, index: int):
@@ -312,13 +326,18 @@ def worker_count(data: DataConfig, device: torch.device, cached: bool) -> int:
 def make_loader(dataset: Dataset, cfg: Config, device: torch.device, train: bool, seed: int = 0) -> DataLoader:
     """A DataLoader: seeded shuffling for training (2x batch for evaluation), pinned memory on CUDA, seeded workers."""
     workers = worker_count(cfg.data, device, getattr(dataset, "cache", None) is not None)
+    # Shuffling has its own generator (reseed it per epoch: loader.sampler.generator.manual_seed): the loader's
+    # generator is also drawn from for the workers' base seed whenever a worker pool starts, which would shift a
+    # resumed run's order if the two were shared.
+    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if train else None
     return DataLoader(
         dataset,
         batch_size=cfg.train.batch_size if train else cfg.train.batch_size * 2,
-        shuffle=train,
+        sampler=sampler,
         drop_last=train and len(dataset) > cfg.train.batch_size,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         worker_init_fn=seed_worker if workers else None,
         generator=torch.Generator().manual_seed(seed),
+        persistent_workers=train and workers > 0,  # kept across epochs; reseeded through dataset.epoch_seed
     )

@@ -320,7 +320,11 @@ def prepare_run(cfg: Config, project: Project, out: Path, ood: bool, device: str
               for split, frame in (("train", train), ("test", test))}
     check_decodable(cfg, train, caches["train"])
     n_folds = int(train["fold"].max()) + 1 if ood else cfg.folds.n_splits
-    return Run(train, test, caches, n_folds, pick_device(device or cfg.train.device))
+    run = Run(train, test, caches, n_folds, pick_device(device or cfg.train.device))
+    if run.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest convolution kernels once
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 parts on tensor cores
+    return run
 
 
 def train_folds(cfg: Config, project: Project, out: Path, run: Run, folds: list[int]) -> None:

@@ -213,8 +213,8 @@ def train_fold(cfg: Config, inputs: FoldInputs, out_dir: Path, device: torch.dev
     """Train (or resume) one fold; return the path of its best checkpoint."""
     out_dir.mkdir(parents=True, exist_ok=True)
     last, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    steps = len(make_loader(inputs.train, cfg, device, train=True))
-    state = new_state(cfg, inputs.fold, steps, device, project)
+    loader = make_loader(inputs.train, cfg, device, train=True)  # built once: its workers persist across epochs
+    state = new_state(cfg, inputs.fold, len(loader), device, project)
     runner = torch.compile(state.model) if cfg.train.compile else state.model
     if last.is_file():
         state.restore(torch.load(last, map_location=device, weights_only=True))
@@ -225,7 +225,7 @@ def train_fold(cfg: Config, inputs: FoldInputs, out_dir: Path, device: torch.dev
         if cfg.train.patience and state.best["stale"] >= cfg.train.patience:
             log.info("fold %d: early stop, no improvement for %d epochs", inputs.fold, state.best["stale"])
             break
-        row = _run_epoch(state, runner, inputs, val_loader, cfg, device, epoch)
+        row = _run_epoch(state, runner, inputs, loader, val_loader, cfg, device, epoch)
         if is_better(cfg.competition.metric, row["val_score"], state.best["score"]):
             state.best = {"score": row["val_score"], "epoch": epoch, "stale": 0}
             save_torch(best_path, state.best_weights(cfg, row["val_score"]))
@@ -241,14 +241,14 @@ def train_fold(cfg: Config, inputs: FoldInputs, out_dir: Path, device: torch.dev
     return best_path
 
 
-def _run_epoch(state: TrainState, runner: torch.nn.Module, inputs: FoldInputs, val_loader: DataLoader, cfg: Config,
-               device: torch.device, epoch: int) -> dict:
+def _run_epoch(state: TrainState, runner: torch.nn.Module, inputs: FoldInputs, loader: DataLoader,
+               val_loader: DataLoader, cfg: Config, device: torch.device, epoch: int) -> dict:
     """Train one seeded epoch and validate; append the log row to state.history and return it."""
     seed = epoch_seed(cfg.train.seed, inputs.fold, epoch)
     torch.manual_seed(seed)
-    if hasattr(inputs.train, "transform") and hasattr(inputs.train.transform, "set_random_seed"):
-        inputs.train.transform.set_random_seed(seed)
-    loader = make_loader(inputs.train, cfg, device, train=True, seed=seed)
+    if hasattr(inputs.train, "set_epoch_seed"):
+        inputs.train.set_epoch_seed(seed)
+    loader.sampler.generator.manual_seed(seed)  # this epoch's shuffling; the workers persist across epochs
     t0 = time.perf_counter()
     row = {"epoch": epoch, "lr": state.scheduler.get_last_lr()[0]}
     row.update(train_one_epoch(state, runner, loader, cfg, device, desc=f"fold {inputs.fold} epoch {epoch}"))

@@ -145,3 +145,31 @@ def test_ood_cluster_split_gets_its_own_column(home):
     assert (ood_oof.loc[folds["id"], "fold"].values == folds["ood_fold"].values).all()
     board = (home / "experiments" / "LEADERBOARD.md").read_text()
     assert "OOD score" in board and f"{ood['oof_score']:.5f}" in board
+
+
+def test_persistent_workers_resume_to_identical_oof(home, monkeypatch):
+    """With 2 persistent DataLoader workers (reseeded per epoch through shared memory), a run interrupted
+    after epoch 1 and resumed equals the uninterrupted run."""
+    import competition.train as train_module
+
+    sections = {"train": {"epochs": 3, "batch_size": 4, "threads": 1, "patience": 0, "folds": [0]},
+                "data": {"num_workers": 2, "cache_dir": str(home / ".cache")}}
+    smoke_experiment(home, "straight", **sections)
+    smoke_experiment(home, "stopped", **sections)
+    call_kit(home, "competition.experiment", "straight")
+    real_epoch, calls = train_module._run_epoch, {"n": 0}
+
+    def interrupted(state, runner, inputs, loader, val_loader, cfg, device, epoch):
+        calls["n"] += 1
+        if epoch == 2 and calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_epoch(state, runner, inputs, loader, val_loader, cfg, device, epoch)
+
+    monkeypatch.setattr(train_module, "_run_epoch", interrupted)
+    stopped = call_kit(home, "competition.experiment", "stopped", check=False)
+    assert stopped.returncode == 130 and "rerun the same command to resume" in stopped.stderr
+    resumed = call_kit(home, "competition.experiment", "stopped")
+    assert "resuming after epoch 1" in resumed.stderr
+    a = pd.read_csv(home / "experiments" / "straight" / "oof.csv")
+    b = pd.read_csv(home / "experiments" / "stopped" / "oof.csv")
+    np.testing.assert_allclose(a["prob"], b["prob"], atol=1e-6, rtol=0)
