@@ -27,6 +27,9 @@ fi
 # glibc keeps large buffers instead of returning and refaulting them (~1.5x on CPU, see README).
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-1073741824}"
 export MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-4294967296}"
+# Idle OpenMP threads sleep instead of spinning: beside a second training a step slowed 4.8x with spinning
+# and 2.1x (a fair share) with PASSIVE, at the same speed alone (benchmarks/threads.py, benchmarks/README.md).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 cmd="${1:-}"
