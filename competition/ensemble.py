@@ -15,7 +15,6 @@ in-sample score (fitted and scored on all OOF) is printed beside it, labelled as
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import subprocess
 import sys

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import logging
 import sys
 from pathlib import Path

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import logging
 import sys
 from pathlib import Path

@@ -9,7 +9,6 @@ KIT_TABLE_REPO=/path/to/another/checkout runs the same table as subprocesses aga
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import FACES, WEIGHTS, call_kit, make_competition, run_kit, smoke_experiment, write_yaml
+from tests.conftest import FACES, call_kit, make_competition, run_kit, smoke_experiment, write_yaml
 
 OTHER_REPO = os.environ.get("KIT_TABLE_REPO", "")
 

@@ -18,7 +18,7 @@ from competition.config import DataConfig
 from competition.inference import predict_views
 from competition.model import amp_dtype, build_model
 from competition.train import TrainState, _optimizer_step
-from tests.conftest import PROJECT, WEIGHTS
+from tests.conftest import PROJECT
 
 CUDA = torch.device("cuda")
 
