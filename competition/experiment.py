@@ -180,9 +180,8 @@ def run_fold(cfg: Config, project: Project, fold: int, train: pd.DataFrame, test
     inputs = fold_inputs(cfg, fold, train, caches["train"])
     model = load_detector(train_fold(cfg, inputs, fold_dir, device, project), device, project)
     val = train[(train["fold"] == fold).to_numpy()]
-    val_cache = caches["train"].subset(np.flatnonzero((train["fold"] == fold).to_numpy())) if caches["train"] else None
-    oof = predict_dataset(model, eval_dataset(cfg, val["path"].tolist(), cache=val_cache), cfg, device, inputs.prior,
-                          desc=f"fold {fold} OOF TTA")
+    oof = predict_dataset(model, eval_dataset(cfg, inputs.val.paths, cache=inputs.val.cache), cfg, device,
+                          inputs.prior, desc=f"fold {fold} OOF TTA")
     tst = predict_dataset(model, eval_dataset(cfg, test["path"].tolist(), cache=caches["test"]), cfg, device,
                           inputs.prior, desc=f"fold {fold} test TTA")
     write_csv(fold_dir / "oof.csv", pd.DataFrame({
@@ -386,14 +385,12 @@ def run_experiment(cfg: Config, project: Project, restart: bool = False, ood: bo
         return finish(cfg, project, out, run, folds, ood, wall)
 
 
-def device_plan(devices: str, folds: list[int]) -> dict[str, list[int]]:
-    """`0,1` or `cuda:0,cuda:1` or `cpu,cpu` -> {device: folds}, folds dealt round-robin."""
-    names = [d.strip() for d in devices.split(",") if d.strip()]
-    names = [f"cuda:{d}" if d.isdigit() else d for d in names]
-    plan: dict[str, list[int]] = {}
-    for i, fold in enumerate(folds):
-        plan.setdefault(f"{names[i % len(names)]}#{i % len(names)}", []).append(fold)
-    return plan
+def device_plan(devices: str, folds: list[int]) -> list[tuple[str, list[int]]]:
+    """`0,1` or `cuda:0,cuda:1` or `cpu,cpu` -> [(device, folds)], one entry per listed device (a device may
+    be listed twice), folds dealt round-robin; devices left without a fold are dropped."""
+    names = [f"cuda:{d}" if d.isdigit() else d for d in (d.strip() for d in devices.split(",")) if d]
+    plan = [(name, folds[i::len(names)]) for i, name in enumerate(names)]
+    return [(name, ks) for name, ks in plan if ks]
 
 
 def launch_workers(project: Project, argv: list[str], devices: str) -> Callable[[list[int]], None]:
@@ -403,8 +400,7 @@ def launch_workers(project: Project, argv: list[str], devices: str) -> Callable[
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
                                                           env.get("PYTHONPATH", "")]))
         procs = []
-        for slot, ks in device_plan(devices, folds).items():
-            device = slot.split("#")[0]
+        for device, ks in device_plan(devices, folds):
             cmd = [sys.executable, "-m", "competition.experiment", *argv, "--folds", ",".join(map(str, ks)),
                    "--no-assemble", "--device", device]
             log.info("worker on %s: folds %s", device, ks)

@@ -22,6 +22,7 @@ from PIL import Image
 
 from competition import cli
 from competition.atomic import atomic_path
+from competition.augment import to_tensor
 from competition.config import Config
 from competition.dataset import BadImageError, decode_image
 from competition.errors import KitError
@@ -65,7 +66,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
 def explain_images(models: list[Detector], images: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
     """Fold-averaged overlays and probabilities for same-sized uint8 RGB images (the eval crops)."""
     device = next(models[0].parameters()).device
-    batch = torch.stack([torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1) for im in images]).to(device)
+    batch = to_tensor(np.stack(images)).to(device)
     cams, probs = zip(*(gradcam(m, batch) for m in models))
     cam, prob = np.mean(cams, axis=0), np.mean(probs, axis=0)
     return [overlay(im, c) for im, c in zip(images, cam)], prob

@@ -65,14 +65,14 @@ def predict_views(model: torch.nn.Module, images: torch.Tensor, transforms: list
     2,560 images: one forward would not fit a 16 GB GPU); logits come back fp32."""
     crops = images.shape[1] if images.ndim == 5 else 1
     flat = images.flatten(0, 1) if images.ndim == 5 else images
+    batch = torch.cat([view(flat) for view in transforms])  # uint8: cheap to hold whole
     out = []
-    for view in transforms:
-        for start in range(0, len(flat), max_batch):
-            chunk = view(flat[start:start + max_batch])
-            if channels_last:
-                chunk = chunk.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                out.append(model(chunk).float())
+    for start in range(0, len(batch), max_batch):
+        chunk = batch[start:start + max_batch]
+        if channels_last:
+            chunk = chunk.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            out.append(model(chunk).float())
     return torch.sigmoid(torch.cat(out)).view(len(transforms), images.shape[0], crops).cpu().numpy()
 
 
