@@ -246,11 +246,14 @@ class ImageDataset(Dataset):
         # Augmentation seed of the current epoch, in shared memory so persistent workers see each new epoch;
         # -1 = not seeded (evaluation). Each worker reseeds its transform once per epoch from (seed, worker id),
         # so a resumed run draws exactly what the uninterrupted one drew.
-        self.epoch_seed = torch.full((1,), -1, dtype=torch.int64).share_memory_()
+        self.epoch_seed = torch.full((1,), -1, dtype=torch.int64)  # moved to shared memory on first use
         self._seeded = -1  # the epoch seed this process (worker) last applied
 
     def set_epoch_seed(self, seed: int) -> None:
-        """Seed the augmentation of the coming epoch (seen by persistent workers too)."""
+        """Seed the augmentation of the coming epoch (seen by persistent workers too: the seed is shared
+        before the first epoch's workers start; evaluation datasets never pay for shared memory)."""
+        if not self.epoch_seed.is_shared():
+            self.epoch_seed.share_memory_()
         self.epoch_seed[0] = seed
 
     def __len__(self) -> int:
