@@ -110,6 +110,8 @@ class TrainConfig:
     ema: bool = False  # keep an exponential moving average of weights and validate with it
     ema_decay: Annotated[float, Range(gt=0.0, lt=1.0)] = 0.999  # EMA decay per optimizer step
     patience: Annotated[int, Range(ge=0)] = 3  # early stopping: epochs without validation improvement (0 = off)
+    select_by: Literal["auto", "logloss", "auc", "metric"] = "auto"  # picks epochs/best checkpoint; auto: logloss
+    # for threshold metrics (f1, accuracy: a step function at a fixed cut), else the competition metric
     label_smoothing: Annotated[float, Range(ge=0.0, lt=1.0)] = 0.0  # BCE target smoothing
     clip_grad: Annotated[float, Range(ge=0.0)] = 0.0  # max global gradient norm (0 = off); unscaled first under fp16
     seed: int = 42  # seeds model init, shuffling and augmentation

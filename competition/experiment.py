@@ -37,11 +37,12 @@ from competition.dataset import BAD, ImageCache, ImageDataset, BadImageError, de
 from competition.folds import ensure_folds
 from competition.inference import eval_dataset, predict_dataset
 from competition.leaderboard import write_leaderboard
-from competition.metrics import best_threshold, score, score_all
+from competition.metrics import (THRESHOLD_METRICS, best_threshold, positive_rates, score, score_all, score_note,
+                                 warn_positive_rates)
 from competition.model import load_detector, pick_device
 from competition.project import Project, inside
 from competition.tables import DataError, load_test_table, load_train_table
-from competition.train import FoldInputs, train_fold
+from competition.train import FoldInputs, select_metric, train_fold
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,8 @@ def write_fold_result(cfg: Config, fold_dir: Path, target: np.ndarray, oof, seco
               "score": score(metric, target, oof.prob), "score_identity": score(metric, target, oof.prob_identity),
               **score_all(target, oof.prob), "train_s": float(history["epoch_s"].sum()), "predict_s": seconds}
     write_json(fold_dir / "result.json", result)
-    log.info("%s done: OOF %s %.5f (identity %.5f)", fold_dir.name, metric, result["score"], result["score_identity"])
+    log.info("%s done: OOF %s %.5f (identity %.5f)%s", fold_dir.name, metric, result["score"], result["score_identity"],
+             " at threshold 0.5; the experiment's threshold is tuned on all folds' OOF" if metric in THRESHOLD_METRICS else "")
 
 
 def read_folds(out: Path, folds_run: list[int], test: pd.DataFrame) -> tuple[pd.DataFrame, list, list]:
@@ -227,31 +229,39 @@ def assemble(cfg: Config, out: Path, folds_run: list[int], n_folds: int, test: p
            "test": fold_tests[0].loc[fold_tests[0]["error"] != "", ["id", "error"]]}
     write_csv(out / "bad_train_images.csv", bad["train"])
     write_csv(out / "bad_test_images.csv", bad["test"])
-    metrics = summarize(cfg, oof, results, folds_run, n_folds, wall_s)
+    metrics = summarize(cfg, oof, results, folds_run, n_folds, wall_s, test_prob)
     metrics.update(bad_train_images=len(bad["train"]), bad_test_images=len(bad["test"]))
     write_json(out / "metrics.json", metrics)
+    if cfg.competition.metric in THRESHOLD_METRICS:
+        warn_positive_rates(metrics["positive_rate"], metrics["threshold"], cfg.name)
     warn_bad_images(bad, out)
     return metrics
 
 
 def summarize(cfg: Config, oof: pd.DataFrame, results: list[dict], folds_run: list[int], n_folds: int,
-              wall_s: float) -> dict:
-    """metrics.json's content: OOF score, fold spread, TTA gain, threshold, what ran and how long."""
+              wall_s: float, test_prob: np.ndarray) -> dict:
+    """metrics.json's content: OOF score at the file's threshold, fold spread, TTA gain, positive rates, timings.
+
+    For f1/accuracy every score is at the one threshold tuned on all OOF rows: the threshold a submission
+    of this experiment uses. Fold mean/std are at that threshold too."""
     metric = cfg.competition.metric
     target, prob = oof["target"].to_numpy(), oof["prob"].to_numpy(dtype=float)
-    fold_scores = [r["score"] for r in results]
-    tta_id, tta = score(metric, target, oof["prob_identity"].to_numpy(dtype=float)), score(metric, target, prob)
+    identity = oof["prob_identity"].to_numpy(dtype=float)
+    threshold = best_threshold(metric, target, prob)
+    fold = oof["fold"].to_numpy()
+    fold_scores = [score(metric, target[fold == k], prob[fold == k], threshold) for k in folds_run]
+    tta_id, tta = score(metric, target, identity, best_threshold(metric, target, identity)), score(metric, target, prob, threshold)
     return {
         "experiment": cfg.name, "description": cfg.description, "metric": metric,
         "complete": sorted(folds_run) == list(range(n_folds)), "folds_run": folds_run, "n_oof": len(oof),
         "oof_score": tta, "fold_mean": float(np.mean(fold_scores)), "fold_std": float(np.std(fold_scores)),
-        "oof": score_all(target, prob), "folds": results,
+        "score_note": score_note(metric, threshold), "oof": score_all(target, prob, threshold), "folds": results,
         "tta": {"views": cfg.tta.views, "crops": cfg.tta.crops, "oof_identity": tta_id, "oof_tta": tta,
                 "gain": (tta - tta_id) if metric != "logloss" else (tta_id - tta)},
-        "threshold": best_threshold(metric, target, prob),
+        "threshold": threshold, "positive_rate": positive_rates(prob, test_prob, threshold),
         "model": cfg.model.name, "img_size": cfg.data.img_size, "input_upscale": cfg.model.input_upscale,
         "augment": cfg.data.augment, "epochs": cfg.train.epochs, "epochs_run": [r["epochs_run"] for r in results],
-        "train_s": float(sum(r["train_s"] for r in results)), "wall_s": wall_s,
+        "select_by": select_metric(cfg), "train_s": float(sum(r["train_s"] for r in results)), "wall_s": wall_s,
     }
 
 
@@ -350,7 +360,7 @@ def finish(cfg: Config, project: Project, out: Path, run: Run, folds: list[int],
     if not ood:
         _write_report(project, cfg.name)
     log.info("%s: assembled %d fold(s): OOF %s %.5f (folds %.5f +- %.5f), TTA gain %+.5f, %.1f min", cfg.name,
-             len(folds), metrics["metric"], metrics["oof_score"], metrics["fold_mean"], metrics["fold_std"],
+             len(folds), metrics["score_note"], metrics["oof_score"], metrics["fold_mean"], metrics["fold_std"],
              metrics["tta"]["gain"], wall / 60)
     return metrics
 

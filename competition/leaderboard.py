@@ -1,4 +1,6 @@
-"""experiments/LEADERBOARD.md: every experiment ranked by its OOF score, and every blend by its OOF score.
+"""experiments/LEADERBOARD.md: every experiment ranked by its OOF score, and every blend by its nested OOF score.
+
+For f1/accuracy every score is at the threshold of the file written (shown beside the metric).
 
     python -m competition.leaderboard          # regenerate and print it
 
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from competition import cli
 from competition.atomic import write_text
-from competition.metrics import greater_is_better
+from competition.metrics import THRESHOLD_METRICS, greater_is_better
 from competition.project import Project
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,9 @@ def load_blends(directory: Path) -> list[dict]:
     for path in sorted(directory.glob("*.json")):
         data = read_json(path)
         if data is not None and "members" in data:
-            out.append({**data, "file": path.with_suffix(".csv").name})
+            nested = data.get("nested") or {}
+            out.append({**data, "file": path.with_suffix(".csv").name,
+                        "nested_mean": nested.get("mean")})
     return out
 
 
@@ -84,6 +88,13 @@ def _fmt(value, digits: int = 5) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _metric_label(row: dict) -> str:
+    """The metric, with the threshold its scores are taken at for f1/accuracy."""
+    if row.get("metric") in THRESHOLD_METRICS and row.get("threshold") is not None:
+        return f"{row['metric']} @ {row['threshold']:.4g}"
+    return str(row.get("metric", ""))
+
+
 def render(experiments: list[dict], blends: list[dict]) -> str:
     """The leaderboard as markdown."""
     lines = ["# Leaderboard", "", "Experiments ranked by out-of-fold score (regenerated after every run). OOD score: the same experiment "
@@ -99,21 +110,26 @@ def render(experiments: list[dict], blends: list[dict]) -> str:
         if m.get("description"):
             note.append(m["description"])
         lines.append(
-            f"| {i} | {m['experiment']} | {m['metric']} | {_fmt(m['oof_score'])} | "
+            f"| {i} | {m['experiment']} | {_metric_label(m)} | {_fmt(m['oof_score'])} | "
             f"{_fmt(m['fold_mean'])} ± {_fmt(m['fold_std'])} | {_fmt(m.get('ood_score'))} | {_fmt(m['oof']['auc'])} | "
             f"{m['model']} | {size} | "
             f"{m.get('augment', '')} | {m['epochs']} ({'/'.join(map(str, m.get('epochs_run', [])))}) | "
             f"{m['tta']['gain']:+.5f} ({m['tta']['views']}) | {m['wall_s'] / 60:.1f} | {'; '.join(note)} |")
     if blends:
         lines += ["", "## Blends", "",
-                  "Nested score: weights/threshold fitted on K-1 folds' OOF, scored on the held-out fold.", "",
-                  "| rank | submission | method | metric | OOF score (in-sample when fitted) | nested OOF (mean ± std) | members |",
-                  "|---|---|---|---|---|---|---|"]
-        for i, b in enumerate(_rank(blends, "oof_score"), 1):
-            nested = b.get("nested")
-            nested_txt = f"{_fmt(nested['mean'])} ± {_fmt(nested['std'])}" if nested else ""
-            lines.append(f"| {i} | {b['file']} | {b['method']} | {b['metric']} | {_fmt(b['oof_score'])} | "
-                         f"{nested_txt} | {', '.join(b['members'])} |")
+                  "Ranked by nested fold mean: weights, calibration and threshold fitted on K-1 folds' OOF, scored on "
+                  "the held-out fold (compare with the experiments' fold mean ± std, computed the same way); `auto` "
+                  "chooses its method inside that CV. Pooled: the held-out folds scored together. In-sample: fitted "
+                  "and scored on all OOF (flatters).", "",
+                  "| rank | submission | method | metric | nested fold mean ± std | nested pooled | in-sample | "
+                  "positive rate OOF / test | members |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for i, b in enumerate(_rank(blends, "nested_mean"), 1):
+            nested, rates = b.get("nested") or {}, b.get("positive_rate") or {}
+            rate_txt = f"{rates['oof']:.1%} / {rates['test']:.1%}" + (" !!" if rates.get("shifted") else "") if rates else ""
+            lines.append(f"| {i} | {b['file']} | {b['method']}{' (auto)' if b.get('selected_by') == 'auto' else ''} | "
+                         f"{_metric_label(b)} | {_fmt(nested.get('mean'))} ± {_fmt(nested.get('std'))} | "
+                         f"{_fmt(nested.get('pooled'))} | {_fmt(b.get('in_sample'))} | {rate_txt} | {', '.join(b['members'])} |")
     return "\n".join(lines) + "\n"
 
 

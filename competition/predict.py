@@ -4,13 +4,14 @@
     python -m competition.predict submissions/<blend>.json PATH ...
 
 PATHs are images or folders (searched recursively). One line per image: path, probability that it is
-AI-generated, and the label at the saved threshold. Unreadable images are flagged with the reason and
+AI-generated, and the label at the saved threshold. A blend is the one `ensemble` saved (competition.blend):
+an image of the test set gets the label the submission gave it (rank blends rank against the submission's
+test predictions). Unreadable images are flagged with the reason and
 get no label (-1 in the CSV); no path is ever dropped.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -18,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy.special import expit, logit
 
 from competition import cli
 from competition.atomic import write_csv
+from competition.blend import load_blend
 from competition.config import ConfigError, is_override
 from competition.errors import DataError
 from competition.inference import load_experiment, predict_experiment
@@ -41,46 +42,13 @@ def expand_paths(items: list[str]) -> list[str]:
     return out
 
 
-def combine(sidecar: dict, member_probs: np.ndarray) -> np.ndarray:
-    """Apply a blend's saved combination to per-member probabilities (n_images, n_members)."""
-    z = logit(np.clip(member_probs, 1e-6, 1 - 1e-6))
-    method = sidecar["method"]
-    if "weights" in sidecar:
-        p = expit(z @ np.asarray(sidecar["weights"]))
-    elif "coef" in sidecar:
-        p = expit(z @ np.asarray(sidecar["coef"]) + sidecar["intercept"])
-    elif method == "logit":
-        p = expit(z.mean(axis=1))
-    else:
-        if method == "rank":
-            log.warning("rank blends rank a whole test set; single images use the mean probability instead")
-        p = member_probs.mean(axis=1)
-    cal = sidecar.get("calibration")
-    if isinstance(cal, dict):
-        p = expit(cal["a"] * logit(np.clip(p, 1e-6, 1 - 1e-6)) + cal["b"])
-    return p
-
-
-def read_sidecar(path: Path) -> dict:
-    """A blend's .json sidecar written by competition.ensemble, checked to be one."""
-    try:
-        sidecar = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: not a readable blend sidecar ({type(err).__name__}); pass the .json that "
-                          f"`competition.ensemble` wrote") from None
-    if not isinstance(sidecar, dict) or "members" not in sidecar:
-        raise ConfigError(f"{path}: not a blend sidecar (no `members`); pass the .json that competition.ensemble wrote")
-    return sidecar
-
-
 def predict_paths(project: Project, target: str, paths: list[str], device: torch.device) -> tuple[pd.DataFrame, dict]:
     """path, prob, label, error for every path (none dropped), and timings {load, predict} in seconds."""
-    sidecar = read_sidecar(Path(target)) if target.endswith(".json") else None
-    members = sidecar["members"] if sidecar else [target]
-    exps = [load_experiment(project, m, device) for m in members]
+    blend = load_blend(Path(target)) if target.endswith(".json") else None
+    exps = [load_experiment(project, m, device) for m in (blend.members if blend else [target])]
     runs = [predict_experiment(e, paths, device) for e in exps]
-    prob = combine(sidecar, np.column_stack([r[0] for r in runs])) if sidecar else runs[0][0]
-    threshold = float(sidecar.get("threshold") or 0.5) if sidecar else exps[0].threshold
+    prob = blend.apply(np.column_stack([r[0] for r in runs])) if blend else runs[0][0]
+    threshold = blend.threshold if blend else exps[0].threshold
     errors = runs[0][1]
     label = np.where([e == "" for e in errors], (prob >= threshold).astype(int), -1)  # -1: no image, no label
     frame = pd.DataFrame({"path": paths, "prob": prob, "label": label, "error": errors})

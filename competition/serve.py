@@ -28,9 +28,9 @@ from PIL import Image
 from competition import cli
 from competition.dataset import BadImageError, decode_image
 from competition.explain import GradCamUnsupported, eval_crop, explain_images
+from competition.blend import load_blend
 from competition.inference import load_experiment, predict_image
 from competition.model import pick_device
-from competition.predict import combine, read_sidecar
 from competition.project import Project
 
 log = logging.getLogger(__name__)
@@ -71,15 +71,14 @@ class Predictor:
     def __init__(self, project: Project, target: str, device: torch.device | None = None):
         self.name = target
         device = device or torch.device("cpu")
-        self.sidecar = read_sidecar(Path(target)) if target.endswith(".json") else None
-        members = self.sidecar["members"] if self.sidecar else [target]
-        self.members = [load_experiment(project, m, device) for m in members]
-        self.threshold = float(self.sidecar.get("threshold") or 0.5) if self.sidecar else self.members[0].threshold
+        self.blend = load_blend(Path(target)) if target.endswith(".json") else None
+        self.members = [load_experiment(project, m, device) for m in (self.blend.members if self.blend else [target])]
+        self.threshold = self.blend.threshold if self.blend else self.members[0].threshold
 
     def predict(self, image: np.ndarray) -> dict:
         """Probability, label and a Grad-CAM overlay (first member) for one RGB image."""
         probs = np.array([[predict_image(exp, image) for exp in self.members]])
-        prob = float(combine(self.sidecar, probs)[0]) if self.sidecar else float(probs[0, 0])
+        prob = float(self.blend.apply(probs)[0]) if self.blend else float(probs[0, 0])
         label = int(prob >= self.threshold)
         out = {"prob": prob, "label": label, "label_name": "AI-generated" if label else "human-made",
                "threshold": self.threshold, "model": self.name, "gradcam_png": None}

@@ -30,7 +30,7 @@ from competition.atomic import save_torch, write_csv
 from competition.config import Config, to_dict
 from competition.dataset import make_loader
 from competition.inference import predict
-from competition.metrics import is_better, score, score_all
+from competition.metrics import is_better, score, score_all, selection_metric
 from competition.model import Detector, amp_dtype, build_model
 from competition.project import Project
 
@@ -125,7 +125,7 @@ class TrainState:
         """A self-describing best checkpoint: evaluation weights, how to rebuild them, and what made them."""
         return {"model": self.eval_model.state_dict(), "model_name": cfg.model.name,
                 "create_kwargs": getattr(self.model, "create_kwargs", None), "config": to_dict(cfg),
-                "epoch": self.epoch, "metric": cfg.competition.metric, "score": val_score}
+                "epoch": self.epoch, "metric": select_metric(cfg), "score": val_score}
 
 
 def train_one_epoch(state: TrainState, runner: torch.nn.Module, loader: DataLoader, cfg: Config,
@@ -190,8 +190,13 @@ def validate(model: torch.nn.Module, loader: DataLoader, target: np.ndarray, cfg
     val_loss = float(-np.mean(target * np.log(p) + (1 - target) * np.log(1 - p)))
     out = {"val_loss": val_loss}
     out.update({f"val_{k}": v for k, v in score_all(target, preds.prob).items() if k != "logloss"})
-    out["val_score"] = score(cfg.competition.metric, target, preds.prob)
+    out["val_score"] = score(select_metric(cfg), target, preds.prob)  # threshold-free for f1/accuracy by default
     return out
+
+
+def select_metric(cfg: Config) -> str:
+    """The criterion that picks epochs and the best checkpoint (train.select_by resolved)."""
+    return selection_metric(cfg.competition.metric, cfg.train.select_by)
 
 
 def new_state(cfg: Config, fold: int, steps_per_epoch: int, device: torch.device, project: Project) -> TrainState:
@@ -225,15 +230,15 @@ def train_fold(cfg: Config, inputs: FoldInputs, out_dir: Path, device: torch.dev
             log.info("fold %d: early stop, no improvement for %d epochs", inputs.fold, state.best["stale"])
             break
         row = _run_epoch(state, runner, inputs, loader, val_loader, cfg, device, epoch)
-        if is_better(cfg.competition.metric, row["val_score"], state.best["score"]):
+        if is_better(select_metric(cfg), row["val_score"], state.best["score"]):
             state.best = {"score": row["val_score"], "epoch": epoch, "stale": 0}
             save_torch(best_path, state.best_weights(cfg, row["val_score"]))
         else:
             state.best = {**state.best, "stale": state.best["stale"] + 1}
         save_torch(last, state.checkpoint(cfg))
         write_csv(out_dir / "log.csv", pd.DataFrame(state.history))
-        log.info("fold %d epoch %d: loss %.4f val_loss %.4f val_%s %.5f (best %.5f @%d) %.0f img/s %.0fs",
-                 inputs.fold, epoch, row["train_loss"], row["val_loss"], cfg.competition.metric, row["val_score"],
+        log.info("fold %d epoch %d: loss %.4f val_loss %.4f val_%s %.5f (selects epochs; best %.5f @%d) %.0f img/s "
+                 "%.0fs", inputs.fold, epoch, row["train_loss"], row["val_loss"], select_metric(cfg), row["val_score"],
                  state.best["score"], state.best["epoch"], row["train_img_s"], row["epoch_s"])
     if not best_path.is_file():
         raise RuntimeError(f"fold {inputs.fold}: no best checkpoint written (did every epoch score NaN?)")

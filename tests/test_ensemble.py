@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from competition.ensemble import Members, evaluate_method, nested_scores
+from competition.blend import METHODS, Blend, nested_cv
+from competition.ensemble import Members, evaluate, evaluate_method
 from tests.conftest import call_kit, run_kit
 
 
@@ -28,13 +29,21 @@ def test_nested_score_of_fitted_blend_on_noise_stays_at_chance(method):
     assert result["in_sample"] > result["nested"]["mean"] + 0.03  # the in-sample score flatters
 
 
+def test_auto_pays_for_choosing_on_noise_members():
+    """`auto` chooses inside the nested CV: on pure-noise members its nested AUC stays at chance."""
+    members = noise_members(n=2000, m=5, seed=3)
+    results, chosen, honest = evaluate(list(METHODS), members, "none")
+    assert abs(honest["mean"] - 0.5) < 0.04, honest["mean"]
+    assert len(honest["choices"]) == 5 and set(honest["choices"]) <= set(METHODS)
+
+
 def test_nested_scores_recover_real_signal():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 1000)
     good = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.2, 1000), 0.01, 0.99)
     x = np.column_stack([good, rng.uniform(0.01, 0.99, 1000)])
-    scores = nested_scores("hill", x, y, np.arange(1000) % 5, "auc")
-    assert np.mean(scores) > 0.75
+    result = nested_cv("hill", x, y, np.arange(1000) % 5, "auc")
+    assert result["pooled"] > 0.75 and result["mean"] > 0.75
 
 
 def fake_experiment(home, name, folds, ids, target, test_ids, seed):
@@ -61,12 +70,13 @@ def test_ensemble_cli_writes_valid_submission_and_sidecar(blend_home):
     proc = run_kit(blend_home, "competition.ensemble", "eA", "eB", "eC", "--method", "rank", "--name", "b1")
     for name in ("eA", "eB", "eC", "rank"):
         assert name in proc.stdout
-    assert "nested auc" in proc.stdout and "in-sample (flatters)" in proc.stdout
+    assert "nested" in proc.stdout and "in-sample (flatters)" in proc.stdout
     sub = pd.read_csv(blend_home / "submissions" / "b1.csv")
     sample = pd.read_csv(blend_home / "data" / "sample_submission.csv")
     assert sub["id"].tolist() == sample["id"].tolist() and sub["label"].between(0, 1).all()
     side = json.loads((blend_home / "submissions" / "b1.json").read_text())
     assert side["members"] == ["eA", "eB", "eC"] and side["method"] == "rank" and "std" in side["nested"]
+    assert Blend.from_dict(side["blend"]).method == "rank" and len(side["blend"]["params"]["reference"]) == 3
     assert "## Blends" in (blend_home / "experiments" / "LEADERBOARD.md").read_text()
 
 
@@ -90,3 +100,30 @@ def test_calibration_improves_logloss_of_overconfident_members(kind):
     raw = evaluate_method("mean", members)
     calibrated = evaluate_method("mean", members, kind)
     assert calibrated["nested"]["mean"] < raw["nested"]["mean"] - 0.05  # measured: 0.459 -> 0.373 (platt)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("calibration", ["none", "platt"])
+def test_saved_blend_gives_each_image_the_submissions_label(method, calibration):
+    """A blend saved to JSON and loaded back scores any single test row exactly as the whole-test submission did."""
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 500)
+    oof = np.clip(0.5 + 0.25 * (y[:, None] - 0.5) + rng.normal(0, 0.2, (500, 3)), 0.01, 0.99)
+    test = rng.uniform(0.05, 0.95, (300, 3))
+    fitted = Blend.fit(["a", "b", "c"], method, "f1", oof, y, calibration).with_reference(test)
+    submission = fitted.label(fitted.apply(test))
+    loaded = Blend.from_dict(json.loads(json.dumps(fitted.to_dict())))
+    one_by_one = np.array([loaded.label(loaded.apply(test[i:i + 1]))[0] for i in range(len(test))])
+    np.testing.assert_array_equal(one_by_one, submission)
+    assert 0 < submission.mean() < 1
+
+
+def test_f1_threshold_is_exact_over_every_distinct_score():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 3000)
+    p = np.round(np.clip(0.4 + 0.2 * y + rng.normal(0, 0.25, 3000), 0, 1), 3)  # ties included
+    from competition.metrics import best_threshold, score
+    for metric in ("f1", "accuracy"):
+        t = best_threshold(metric, y, p)
+        brute = max(score(metric, y, p, v) for v in np.unique(p))
+        assert score(metric, y, p, t) == pytest.approx(brute, abs=1e-12)

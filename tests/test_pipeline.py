@@ -68,7 +68,7 @@ def test_whole_path_smoke(home):
     assert "| s1 |" in board and "| s2 |" in board and "regnetx_002" in board
 
     blend = call_kit(home, "competition.ensemble", "s1", "s2", "--name", "smoke")
-    assert "s1" in blend.stdout and "s2" in blend.stdout and "nested auc" in blend.stdout
+    assert "s1" in blend.stdout and "s2" in blend.stdout and "nested" in blend.stdout
     sub = pd.read_csv(home / "submissions" / "smoke.csv")
     assert sub["id"].tolist() == pd.read_csv(home / "data" / "sample_submission.csv")["id"].tolist()
     dry = call_kit(home, "competition.submit", str(home / "submissions" / "smoke.csv"), "--dry-run")
