@@ -2,7 +2,8 @@
 # The kit's one entry point.
 #   ./run.sh exp001 [section.key=value ...] [--restart]   train every fold, OOF + TTA test preds, leaderboard
 #   ./run.sh test [pytest args]                           the test suite (what .ci/run calls)
-#   ./run.sh folds|ensemble|submit|audit|leaderboard|predict|report|explain|serve [args]   python -m competition.<that>
+#   ./run.sh audit [--shift]                              shortcut audit, or the train-vs-test shift check
+#   ./run.sh folds|ensemble|submit|audit|shift|leaderboard|predict|report|explain|serve [args]   python -m competition.<that>
 #   ./run.sh exp001 --devices 0,1 | --folds 0,1 --no-assemble; ./run.sh assemble exp001   folds in parallel
 # Python: $KIT_PYTHON if set (e.g. KIT_PYTHON=python3 on a machine that already has torch/timm),
 # else .venv, created from requirements.txt on first use and refreshed when requirements.txt changes.
@@ -37,7 +38,11 @@ cmd="${1:-}"
 shift
 case "$cmd" in
   test) exec "$PY" -m pytest tests "$@" ;;
-  folds|ensemble|submit|audit|leaderboard|predict|report|explain|serve) exec "$PY" -m "competition.$cmd" "$@" ;;
+  audit)  # --shift: the train-vs-test shift check instead of the shortcut audit
+    args=(); check=audit
+    for a in "$@"; do if [[ "$a" == "--shift" ]]; then check=shift; else args+=("$a"); fi; done
+    exec "$PY" -m "competition.$check" ${args[@]+"${args[@]}"} ;;
+  folds|ensemble|submit|shift|leaderboard|predict|report|explain|serve) exec "$PY" -m "competition.$cmd" "$@" ;;
   assemble) exec "$PY" -m competition.experiment "$@" --assemble ;;
   *) exec "$PY" -m competition.experiment "$cmd" "$@" ;;
 esac

@@ -266,6 +266,15 @@ def choose(results: dict[str, dict], metric: str) -> str:
     return best
 
 
+def halves(y: np.ndarray) -> np.ndarray:
+    """A seeded stratified split of rows into two folds (inner CV when the outer split has only two folds)."""
+    fold = np.zeros(len(y), int)
+    for label in (0, 1):
+        rows = np.flatnonzero(y == label)
+        fold[np.random.default_rng(label).permutation(rows)[: len(rows) // 2]] = 1
+    return fold
+
+
 def nested_auto(methods: list[str], x: np.ndarray, y: np.ndarray, fold: np.ndarray, metric: str,
                 calibration: str = "none") -> dict:
     """`auto`'s honest score: for each outer fold, choose the method by nested CV on the other folds only,
@@ -273,7 +282,8 @@ def nested_auto(methods: list[str], x: np.ndarray, y: np.ndarray, fold: np.ndarr
     held, picks = np.zeros(len(y)), []
     for k in np.unique(fold):
         inner = fold != k
-        scores = {m: nested_cv(m, x[inner], y[inner], fold[inner], metric, calibration) for m in methods}
+        inner_fold = fold[inner] if len(np.unique(fold[inner])) >= 2 else halves(y[inner])  # 2 folds: split the other
+        scores = {m: nested_cv(m, x[inner], y[inner], inner_fold, metric, calibration) for m in methods}
         pick = choose(scores, metric)
         blend = Blend.fit([str(j) for j in range(x.shape[1])], pick, metric, x[inner], y[inner], calibration)
         held[~inner] = _labels_or_probs(blend, x[~inner])

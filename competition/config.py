@@ -62,11 +62,20 @@ class FoldsConfig:
     n_splits: Annotated[int, Range(ge=2)] = 5  # K of the K-fold split
     seed: int = 42  # shuffling seed of the split; same seed -> byte-identical folds file
     group_column: str = ""  # train.csv column with a group id (pairs, sources): groups never cross folds
-    groups: Literal["", "phash"] = ""  # phash: group near-duplicates by perceptual hash (when there is no group_column)
+    groups: Literal["", "phash", "twins"] = ""  # phash: near-duplicates by perceptual hash; twins: same content (a
+    # photo and its AI regeneration) by nearest neighbours of backbone embeddings; group_column wins over both
     phash_distance: Annotated[int, Range(ge=0, le=32)] = 6  # phash joins images whose 64-bit pHashes differ in <= this many bits
+    twin_similarity: Annotated[float, Range(gt=0.0, le=1.0)] = 0.6  # twins: cosine similarity of mean-centred
+    # embeddings joining two images (replica: 0.6 joins 98.7 % of twins, 0 % of groups wrongly merged)
+    twin_neighbors: Annotated[int, Range(ge=1, le=100)] = 5  # twins: nearest neighbours examined per image
+    embed_model: str = "tf_mobilenetv3_small_100"  # backbone (local weights, models.json) for twins, OOD clusters and
+    # the shift check (replica: as accurate as tf_efficientnet_lite0 for twins, 3.5x faster)
+    embed_size: Annotated[int, Range(ge=16, le=1024)] = 224  # images are resized whole to this for embeddings (content)
     ood_split: Literal["", "cluster"] = ""  # cluster: add an `ood_fold` column holding out whole content clusters (--ood)
-    ood_clusters: Annotated[int, Range(ge=2)] = 25  # ood_split: number of k-means content clusters (on perceptual-hash bits)
+    ood_clusters: Annotated[int, Range(ge=2)] = 25  # ood_split: number of k-means content clusters (on embeddings)
     audit: bool = True  # run the shortcut audit (competition.audit) whenever a folds file is built
+    shift_check: bool = True  # also run the train-vs-test shift check (competition.shift) when a folds file is built
+    shift_sample: Annotated[int, Range(ge=20)] = 2000  # shift check: at most this many train and test images each
 
 
 @dataclass(frozen=True)
@@ -203,7 +212,10 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
         return data
     if not isinstance(base, str):
         raise ConfigError(f"{path}: `base:` must be a file name such as base.yaml, got {base!r}")
-    return _merge(_read_yaml(path.parent / base, (*chain, path)), data)
+    base_path = path.parent / base
+    if not base_path.suffix and not base_path.is_file():
+        base_path = base_path.with_suffix(".yaml")  # `base: exp010` means exp010.yaml, like the command line
+    return _merge(_read_yaml(base_path, (*chain, path)), data)
 
 
 def _merge(base: dict, over: dict) -> dict:

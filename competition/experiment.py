@@ -30,7 +30,6 @@ import yaml
 
 from competition import cli
 from competition.atomic import remove_stale_temps, write_csv, write_json
-from competition.audit import audit_folds
 from competition.augment import build_train_transform
 from competition.config import Config, ConfigError, is_override, load_config, save_config, to_dict
 from competition.dataset import BAD, ImageCache, ImageDataset, BadImageError, decode_image, open_cache
@@ -41,37 +40,40 @@ from competition.metrics import (THRESHOLD_METRICS, best_threshold, positive_rat
                                  warn_positive_rates)
 from competition.model import load_detector, pick_device
 from competition.project import Project, inside
+from competition.checks import check_new_folds
 from competition.tables import DataError, load_test_table, load_train_table
 from competition.train import FoldInputs, select_metric, train_fold
 
 log = logging.getLogger(__name__)
 
 
-def prepare_folds(cfg: Config, project: Project, train: pd.DataFrame) -> pd.DataFrame:
-    """The folds file for this config: read it, or build it and then run the shortcut audit on it."""
+def prepare_folds(cfg: Config, project: Project, train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """The folds file for this config: read it, or build it and then run the shortcut audit and shift check."""
     folds, built = ensure_folds(cfg, project, train)
-    if built and cfg.folds.audit:
-        audit_folds(train, folds, project.folds_file(cfg))
+    if built:
+        check_new_folds(cfg, project, train, test, folds)
     return folds
 
 
 def load_tables(cfg: Config, project: Project, split: str = "fold") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Training rows with their fold (the folds file's `split` column) and test rows, both checked."""
     train = load_train_table(cfg.competition, project, cfg.folds.group_column)
-    folds = prepare_folds(cfg, project, train)
+    test = load_test_table(cfg.competition, project)
+    folds = prepare_folds(cfg, project, train, test)
     path = project.folds_file(cfg)
     if split not in folds.columns:
         raise DataError(f"{path} has no `{split}` column - set `folds.ood_split: cluster` in competition.yaml "
                         f"(a new folds file is built) to run the out-of-distribution split")
     train = train.merge(folds[["id", split]].rename(columns={split: "fold"}), on="id", how="left",
                         validate="one_to_one")
-    return train, load_test_table(cfg.competition, project)
+    return train, test
 
 
 # Where and how a run executes, not what it computes: a run started on CPU may be finished on a GPU machine.
 RUNTIME_KEYS = (("train", "folds"), ("train", "device"), ("train", "threads"), ("train", "compile"),
                 ("data", "num_workers"), ("data", "cache_dir"), ("competition", "data_dir"), ("model", "weights_dir"),
-                ("model", "pretrained_file"), ("tta", "max_batch"))
+                ("model", "pretrained_file"), ("tta", "max_batch"), ("folds", "audit"), ("folds", "shift_check"),
+                ("folds", "shift_sample"))
 
 
 def check_config_unchanged(cfg: Config, out: Path) -> None:

@@ -18,11 +18,12 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from competition import cli
 from competition.atomic import write_csv
-from competition.audit import audit_folds
+from competition.checks import check_new_folds
 from competition.config import Config, load_config
-from competition.grouping import compute_hashes, describe_groups, group_hashes
+from competition.embed import embed_config
+from competition.grouping import components, compute_hashes, describe_groups, group_hashes, twin_pairs
 from competition.project import Project
-from competition.tables import DataError, load_train_table
+from competition.tables import DataError, load_test_table, load_train_table
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ def make_groups(cfg: Config, train: pd.DataFrame, project: Project) -> pd.Series
         if "group" not in train.columns:
             raise DataError(f"`folds.group_column: {cfg.folds.group_column}`: the training table was read without it")
         return train["group"].astype(str)
+    if cfg.folds.groups == "twins":
+        return pd.Series(twin_groups(cfg, train, project), index=train.index)
     if cfg.folds.groups != "phash":
         return None
     hashes = compute_hashes(train["path"].tolist(), project.cache_dir(cfg) / "phash.csv")
@@ -41,6 +44,18 @@ def make_groups(cfg: Config, train: pd.DataFrame, project: Project) -> pd.Series
     stats = describe_groups(groups, train["label"].to_numpy())
     log.info("pHash groups (distance <= %d): %s", cfg.folds.phash_distance, stats)
     return pd.Series(groups, index=train.index)
+
+
+def twin_groups(cfg: Config, train: pd.DataFrame, project: Project) -> np.ndarray:
+    """Group ids joining images whose embeddings are within folds.twin_similarity among their nearest neighbours."""
+    emb = embed_config(cfg, train["path"].tolist(), project)
+    groups = components(len(train), twin_pairs(emb, cfg.folds.twin_similarity, cfg.folds.twin_neighbors))
+    groups = groups.astype(str)
+    unreadable = ~emb.any(axis=1)
+    groups[unreadable] = [f"unreadable-{i}" for i in np.flatnonzero(unreadable)]
+    log.info("twin groups (cosine >= %.3f, %d neighbours, %s): %s", cfg.folds.twin_similarity,
+             cfg.folds.twin_neighbors, cfg.folds.embed_model, describe_groups(groups, train["label"].to_numpy()))
+    return groups
 
 
 def make_folds(cfg: Config, train: pd.DataFrame, project: Project) -> pd.DataFrame:
@@ -79,24 +94,23 @@ def check_group_count(folds: pd.DataFrame, k: int, cfg: Config) -> None:
     n_groups = folds["group"].nunique()
     largest = folds["group"].value_counts().iloc[0] / len(folds)
     if n_groups < k or largest > 0.5:
-        fix = ("lower folds.phash_distance" if cfg.folds.groups == "phash" and not cfg.folds.group_column
-               else f"check the column folds.group_column: {cfg.folds.group_column}")
+        fix = {"phash": "lower folds.phash_distance", "twins": "raise folds.twin_similarity"}.get(cfg.folds.groups, "")
+        fix = f"check the column folds.group_column: {cfg.folds.group_column}" if cfg.folds.group_column else fix
         raise DataError(f"grouping left {n_groups} group(s) for {k} folds, the largest holding {largest:.0%} of the "
                         f"images - {fix}")
 
 
 def make_ood_folds(cfg: Config, train: pd.DataFrame, project: Project) -> np.ndarray:
-    """Out-of-distribution folds: k-means content clusters (on pHash bits), whole clusters held out together."""
+    """Out-of-distribution folds: k-means content clusters of backbone embeddings, whole clusters held out together."""
     from sklearn.cluster import KMeans
 
-    hashes = compute_hashes(train["path"].tolist(), project.cache_dir(cfg) / "phash.csv")
-    bits = np.unpackbits(hashes.view(np.uint8).reshape(-1, 8), axis=1).astype(np.float32)
+    emb = embed_config(cfg, train["path"].tolist(), project)
     n_clusters = min(cfg.folds.ood_clusters, len(train) // 2)
-    clusters = KMeans(n_clusters=n_clusters, n_init=3, random_state=cfg.folds.seed).fit_predict(bits)
+    clusters = KMeans(n_clusters=n_clusters, n_init=3, random_state=cfg.folds.seed).fit_predict(emb)
     k = min(cfg.folds.n_splits, n_clusters)
     ood = np.full(len(train), -1)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=cfg.folds.seed)
-    for fold, (_, idx) in enumerate(splitter.split(bits, train["label"], groups=clusters)):
+    for fold, (_, idx) in enumerate(splitter.split(emb, train["label"], groups=clusters)):
         ood[idx] = fold
     log.info("OOD split: %d content clusters in %d folds (fold sizes %s)", n_clusters, k, np.bincount(ood).tolist())
     return ood
@@ -161,8 +175,8 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
         if args.force:
             project.folds_file(cfg).unlink(missing_ok=True)
         folds, built = ensure_folds(cfg, project, train)
-        if built and cfg.folds.audit:
-            audit_folds(train, folds, project.folds_file(cfg))
+        if built:
+            check_new_folds(cfg, project, train, load_test_table(cfg.competition, project), folds)
         log.info("%s: %s", project.folds_file(cfg), summarize_folds(folds))
         return 0
 

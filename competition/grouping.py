@@ -40,7 +40,7 @@ def phash_file(path: str) -> int:
     return int(np.uint64(value).astype(np.int64))
 
 
-def _stat_key(path: str) -> str:
+def stat_key(path: str) -> str:
     """size:mtime of a file (changes when the file does)."""
     try:
         st = os.stat(path)
@@ -51,7 +51,7 @@ def _stat_key(path: str) -> str:
 
 def compute_hashes(paths: list[str], cache_file: Path, workers: int = 0) -> np.ndarray:
     """pHashes (uint64) for paths, reusing cache_file entries whose size and mtime still match."""
-    keys = [_stat_key(p) for p in paths]
+    keys = [stat_key(p) for p in paths]
     cached: dict[tuple[str, str], int] = {}
     if cache_file.is_file():
         old = pd.read_csv(cache_file, dtype={"path": str, "key": str, "hash": np.int64})
@@ -146,3 +146,50 @@ def describe_groups(groups: np.ndarray, labels: np.ndarray) -> dict:
     sizes = frame.groupby("group")["label"].agg(["size", "nunique"])
     return {"images": int(len(frame)), "groups": int(len(sizes)), "largest_group": int(sizes["size"].max()),
             "multi_image_groups": int((sizes["size"] > 1).sum()), "mixed_label_groups": int((sizes["nunique"] > 1).sum())}
+
+
+def twin_pairs(embeddings: np.ndarray, similarity: float, neighbors: int = 5, max_dim: int = 256) -> np.ndarray:
+    """(i, j) pairs whose centred cosine similarity is >= `similarity` among each image's `neighbors` nearest.
+
+    The embeddings are centred on their mean first (what every image shares, e.g. "a blurry photo", would
+    otherwise make all pairs look alike), reduced by PCA to `max_dim` dimensions when wider (fitted on
+    <= 20,000 rows) and renormalised. sklearn NearestNeighbors, brute force and chunked: memory stays
+    bounded and no all-pairs matrix is kept."""
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.asarray(embeddings, dtype=np.float32)
+    x = x - x.mean(axis=0)
+    if x.shape[1] > max_dim and len(x) > max_dim:
+        sample = x[np.random.default_rng(0).permutation(len(x))[:20000]]
+        x = PCA(max_dim, random_state=0).fit(sample).transform(x).astype(np.float32)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    k = min(neighbors + 1, len(x))
+    dist, idx = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(x).kneighbors(x)
+    rows = np.repeat(np.arange(len(x)), k)
+    keep = (1 - dist.ravel() >= similarity) & (rows != idx.ravel())
+    pairs = np.sort(np.column_stack([rows[keep], idx.ravel()[keep]]), axis=1)
+    return np.unique(pairs, axis=0) if len(pairs) else np.empty((0, 2), dtype=np.int64)
+
+
+def components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Group id per item: connected components of the pair graph (union-find over sparse edges)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)) if len(pairs) else \
+        coo_matrix((n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def pair_recall(groups: np.ndarray, true_pairs: np.ndarray) -> float:
+    """Share of known pairs whose two images landed in one group."""
+    return float(np.mean(groups[true_pairs[:, 0]] == groups[true_pairs[:, 1]])) if len(true_pairs) else float("nan")
+
+
+def wrong_merges(groups: np.ndarray, true_groups: np.ndarray) -> float:
+    """Share of found multi-image groups that join images from more than one true group."""
+    frame = pd.DataFrame({"found": groups, "true": true_groups})
+    sizes = frame.groupby("found")["true"].agg(["size", "nunique"])
+    multi = sizes[sizes["size"] > 1]
+    return float((multi["nunique"] > 1).mean()) if len(multi) else 0.0

@@ -82,6 +82,8 @@ class Project:
         group = f"_g-{f.group_column}" if f.group_column else ""
         if not group and f.groups == "phash":
             group = f"_phash{f.phash_distance}"
+        if not group and f.groups == "twins":
+            group = f"_twins{f.twin_similarity:g}-{f.twin_neighbors}-{f.embed_model}-{f.embed_size}"
         if f.ood_split == "cluster":
             group += f"_ood{f.ood_clusters}"
         return self.folds / f"{check_name(cfg.competition.name, 'competition')}_k{f.n_splits}_s{f.seed}{group}.csv"
