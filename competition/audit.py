@@ -106,7 +106,7 @@ def collect_metadata(paths: list[str], workers: int = 0) -> pd.DataFrame:
 
 def metadata_auc(meta: pd.DataFrame, label: np.ndarray, fold: np.ndarray) -> tuple[float, np.ndarray]:
     """Cross-validated AUC of a gradient-boosting classifier on metadata only (OOF over the folds)."""
-    x = meta[NUMERIC].to_numpy(dtype=np.float64)
+    x = np.nan_to_num(meta[NUMERIC].to_numpy(dtype=np.float64), nan=-1.0)  # e.g. no JPEG quality for PNGs: -1
     oof = np.zeros(len(label))
     for k in np.unique(fold):
         held = fold == k

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from competition.atomic import DiskFullError, atomic_path, free_bytes, write_text
@@ -326,13 +327,19 @@ def worker_count(data: DataConfig, device: torch.device, cached: bool) -> int:
     return min(8, cores) if device.type == "cuda" else max(1, min(8, cores - 1))
 
 
-def make_loader(dataset: Dataset, cfg: Config, device: torch.device, train: bool, seed: int = 0) -> DataLoader:
-    """A DataLoader: seeded shuffling for training (2x batch for evaluation), pinned memory on CUDA, seeded workers."""
+def make_loader(dataset: Dataset, cfg: Config, device: torch.device, train: bool, seed: int = 0,
+                shard: tuple[int, int] = (0, 1)) -> DataLoader:
+    """A DataLoader: seeded shuffling for training (2x batch for evaluation), pinned memory on CUDA, seeded workers.
+
+    shard=(rank, world) with world > 1: this rank's DistributedSampler share (shuffled per epoch with
+    `sampler.set_epoch` for training; in order, padded to equal shares, for evaluation)."""
     workers = worker_count(cfg.data, device, getattr(dataset, "cache", None) is not None)
     # Shuffling has its own generator (reseed it per epoch: loader.sampler.generator.manual_seed): the loader's
     # generator is also drawn from for the workers' base seed whenever a worker pool starts, which would shift a
     # resumed run's order if the two were shared.
     sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if train else None
+    if shard[1] > 1:
+        sampler = DistributedSampler(dataset, num_replicas=shard[1], rank=shard[0], shuffle=train, seed=seed)
     return DataLoader(
         dataset,
         batch_size=cfg.train.batch_size if train else cfg.train.batch_size * 2,

@@ -18,10 +18,10 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,7 @@ from competition.atomic import remove_stale_temps, write_csv, write_json
 from competition.augment import build_train_transform
 from competition.config import Config, ConfigError, is_override, load_config, save_config, to_dict
 from competition.dataset import BAD, ImageCache, ImageDataset, BadImageError, decode_image, open_cache
+from competition.distributed import SINGLE, Dist, rank_device, setup, shutdown
 from competition.folds import ensure_folds
 from competition.inference import eval_dataset, predict_dataset
 from competition.leaderboard import write_leaderboard
@@ -45,6 +46,7 @@ from competition.tables import DataError, load_test_table, load_train_table
 from competition.train import FoldInputs, select_metric, train_fold
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def prepare_folds(cfg: Config, project: Project, train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
@@ -176,23 +178,31 @@ def fold_inputs(cfg: Config, fold: int, train: pd.DataFrame, cache: ImageCache |
                       prior=float(trn["label"].mean()))
 
 
-def run_fold(cfg: Config, project: Project, fold: int, train: pd.DataFrame, test: pd.DataFrame, caches: dict,
-             out: Path, device: torch.device) -> None:
-    """Train one fold, then write its TTA predictions for its validation rows and the test set."""
-    fold_dir, t0 = out / f"fold{fold}", time.perf_counter()
-    inputs = fold_inputs(cfg, fold, train, caches["train"])
-    model = load_detector(train_fold(cfg, inputs, fold_dir, device, project), device, project)
+def run_fold(cfg: Config, project: Project, fold: int, run: "Run", out: Path) -> None:
+    """Train one fold, then write its TTA predictions for its validation rows and the test set (rank 0 writes)."""
+    fold_dir, t0, train, test, device, dist = out / f"fold{fold}", time.perf_counter(), run.train, run.test, run.device, run.dist
+    inputs = fold_inputs(cfg, fold, train, run.caches["train"])
+    model = load_detector(train_fold(cfg, inputs, fold_dir, device, project, dist), device, project)
     val = train[(train["fold"] == fold).to_numpy()]
     oof = predict_dataset(model, eval_dataset(cfg, inputs.val.paths, cache=inputs.val.cache), cfg, device,
-                          inputs.prior, desc=f"fold {fold} OOF TTA")
-    tst = predict_dataset(model, eval_dataset(cfg, test["path"].tolist(), cache=caches["test"]), cfg, device,
-                          inputs.prior, desc=f"fold {fold} test TTA")
+                          inputs.prior, desc=f"fold {fold} OOF TTA", dist=dist)
+    tst = predict_dataset(model, eval_dataset(cfg, test["path"].tolist(), cache=run.caches["test"]), cfg, device,
+                          inputs.prior, desc=f"fold {fold} test TTA", dist=dist)
+    if dist.is_main:
+        write_fold_outputs(cfg, fold_dir, val, test, oof, tst, time.perf_counter() - t0)
+    dist.barrier()
+
+
+def write_fold_outputs(cfg: Config, fold_dir: Path, val: pd.DataFrame, test: pd.DataFrame, oof, tst,
+                       seconds: float) -> None:
+    """fold{k}/oof.csv, test.csv (every row, with decode errors) and result.json."""
+    fold = int(fold_dir.name[4:])
     write_csv(fold_dir / "oof.csv", pd.DataFrame({
         "id": val["id"].values, "fold": fold, "target": val["label"].values, "prob": oof.prob,
         "prob_identity": oof.prob_identity, "error": [oof.errors.get(i, "") for i in range(len(val))]}))
     write_csv(fold_dir / "test.csv", pd.DataFrame({
         "id": test["id"].values, "prob": tst.prob, "error": [tst.errors.get(i, "") for i in range(len(test))]}))
-    write_fold_result(cfg, fold_dir, val["label"].to_numpy(), oof, time.perf_counter() - t0)
+    write_fold_result(cfg, fold_dir, val["label"].to_numpy(), oof, seconds)
 
 
 def write_fold_result(cfg: Config, fold_dir: Path, target: np.ndarray, oof, seconds: float) -> None:
@@ -319,19 +329,37 @@ class Run:
     caches: dict
     n_folds: int
     device: torch.device
+    dist: Dist = SINGLE  # torchrun ranks training each fold together (rank 0 writes)
 
 
-def prepare_run(cfg: Config, project: Project, out: Path, ood: bool, device: str | None) -> Run:
+def on_main(dist: Dist, step: Callable[[], object]) -> None:
+    """A step that writes shared files: rank 0 runs it while the other ranks wait."""
+    if dist.is_main:
+        step()
+    dist.barrier()
+
+
+def main_first(dist: Dist, step: Callable[[], T]) -> T:
+    """Run a step that may write shared files on rank 0 first, then on the other ranks (which then only read)."""
+    if dist.is_main:
+        result = step()
+        dist.barrier()
+        return result
+    dist.barrier()
+    return step()
+
+
+def prepare_run(cfg: Config, project: Project, out: Path, ood: bool, device: str | None, dist: Dist = SINGLE) -> Run:
     """Tables (folds built and audited once), the input fingerprint check, caches and the device."""
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
-    train, test = load_tables(cfg, project, "ood_fold" if ood else "fold")
-    check_inputs_unchanged(out, train, test)
+    train, test = main_first(dist, lambda: load_tables(cfg, project, "ood_fold" if ood else "fold"))
+    on_main(dist, lambda: check_inputs_unchanged(out, train, test))
     cache_dir = project.cache_dir(cfg)
-    caches = {split: open_cache(frame["path"].tolist(), cfg.data.cache, cache_dir)
-              for split, frame in (("train", train), ("test", test))}
+    caches = main_first(dist, lambda: {split: open_cache(frame["path"].tolist(), cfg.data.cache, cache_dir)
+                                       for split, frame in (("train", train), ("test", test))})
     check_decodable(cfg, train, caches["train"])
     n_folds = int(train["fold"].max()) + 1 if ood else cfg.folds.n_splits
-    run = Run(train, test, caches, n_folds, pick_device(device or cfg.train.device))
+    run = Run(train, test, caches, n_folds, pick_device(rank_device(dist, device or cfg.train.device)), dist)
     if run.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest convolution kernels once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 parts on tensor cores
@@ -342,13 +370,15 @@ def train_folds(cfg: Config, project: Project, out: Path, run: Run, folds: list[
     """Train the folds not done yet, each under its own lock (several processes may share one experiment)."""
     log.info("%s: %s on %s, folds %s, %d train / %d test images", cfg.name, cfg.model.name, run.device, folds,
              len(run.train), len(run.test))
+    dist = run.dist
     for fold in folds:
-        with experiment_lock(out / f"fold{fold}"):
-            if fold_done(out / f"fold{fold}"):
+        with experiment_lock(out / f"fold{fold}") if dist.is_main else nullcontext():
+            if dist.broadcast(fold_done(out / f"fold{fold}")):
                 log.info("fold %d already done, skipping", fold)
                 continue
-            remove_stale_temps(out / f"fold{fold}")
-            run_fold(cfg, project, fold, run.train, run.test, run.caches, out, run.device)
+            if dist.is_main:
+                remove_stale_temps(out / f"fold{fold}")
+            run_fold(cfg, project, fold, run, out)
 
 
 def finish(cfg: Config, project: Project, out: Path, run: Run, folds: list[int], ood: bool, wall: float) -> dict:
@@ -369,29 +399,31 @@ def finish(cfg: Config, project: Project, out: Path, run: Run, folds: list[int],
 
 def run_experiment(cfg: Config, project: Project, restart: bool = False, ood: bool = False,
                    folds: list[int] | None = None, mode: str = "all", device: str | None = None,
-                   workers: Callable[[list[int]], None] | None = None) -> dict | None:
+                   workers: Callable[[list[int]], None] | None = None, dist: Dist = SINGLE) -> dict | None:
     """Run an experiment's folds (resuming) and assemble it once.
 
     mode: all (train, then assemble) | train (only these folds, no assembly: one of several processes or
     machines) | assemble (refused while a fold is missing). `workers`, when given, trains the folds instead
     of this process (one process per device). ood=True uses the folds file's `ood_fold` split, into <exp>/ood/.
+    Under torchrun (`dist`), every rank trains each fold data-parallel; rank 0 locks, writes and assembles.
     """
     out = output_dir(cfg, project, ood)
     if mode == "train":
         out.mkdir(parents=True, exist_ok=True)
-        check_config_unchanged(cfg, out)
-        save_config(cfg, out / "config.yaml")
-        run = prepare_run(cfg, project, out, ood, device)
+        on_main(dist, lambda: (check_config_unchanged(cfg, out), save_config(cfg, out / "config.yaml")))
+        run = prepare_run(cfg, project, out, ood, device, dist)
         train_folds(cfg, project, out, run, folds or list(cfg.train.folds) or list(range(run.n_folds)))
         return None
-    with experiment_lock(out):
-        open_outputs(cfg, project, out, restart and mode == "all")
+    with experiment_lock(out) if dist.is_main else nullcontext():
+        on_main(dist, lambda: open_outputs(cfg, project, out, restart and mode == "all"))
         t0, wall_file = time.perf_counter(), out / "wall_s.json"
         wall_before = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
-        run = prepare_run(cfg, project, out, ood, device)
+        run = prepare_run(cfg, project, out, ood, device, dist)
         folds = folds or list(cfg.train.folds) or list(range(run.n_folds))
         if mode == "all":
             (workers or (lambda ks: train_folds(cfg, project, out, run, ks)))(folds)
+        if not dist.is_main:
+            return None
         wall = wall_before + time.perf_counter() - t0
         write_json(wall_file, {"wall_s": wall})
         return finish(cfg, project, out, run, folds, ood, wall)
@@ -459,7 +491,13 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
         mode = "assemble" if args.assemble else "train" if args.no_assemble else "all"
         base_argv = [args.experiment, *args.overrides] + (["--ood"] if args.ood else [])
         workers = launch_workers(project, base_argv, args.devices) if args.devices and mode == "all" else None
-        run_experiment(cfg, project, args.restart, args.ood, folds, mode, args.device or None, workers)
+        dist = setup(args.device or cfg.train.device)
+        if dist.enabled and args.devices:
+            raise ConfigError("--devices starts one process per device itself; under torchrun leave it out")
+        try:
+            run_experiment(cfg, project, args.restart, args.ood, folds, mode, args.device or None, workers, dist)
+        finally:
+            shutdown(dist)
         return 0
 
     return cli.run(body)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from competition.augment import build_eval_transform, tta_views
 from competition.config import Config, ConfigError, load_saved_config
 from competition.dataset import ImageCache, ImageDataset, make_loader
+from competition.distributed import SINGLE, Dist, gather_errors, gather_rows
 from competition.model import Detector, amp_dtype, load_detector
 from competition.project import Project
 
@@ -79,20 +80,30 @@ def predict_views(model: torch.nn.Module, images: torch.Tensor, transforms: list
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, views: str = "identity",
             fallback: float = 0.5, amp: torch.dtype | None = None, channels_last: bool = False,
-            desc: str = "predict", max_batch: int = 256) -> Predictions:
-    """Run the model over a loader with the named TTA views; the first view is the identity."""
+            desc: str = "predict", max_batch: int = 256, dist: Dist = SINGLE) -> Predictions:
+    """Run the model over a loader with the named TTA views; the first view is the identity.
+
+    Under torchrun each rank predicts its shard; the shards are gathered by row index (every rank gets every
+    row once: the sampler's padding lands on rows already predicted)."""
     model.eval()
     transforms = tta_views(views)
     n = len(loader.dataset)
     prob, prob_id = np.full(n, np.nan), np.full(n, np.nan)
     errors: dict[int, str] = {}
+    seen = []
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
-    for images, _, index, error in tqdm(loader, desc=desc, leave=False, mininterval=2):
+    for images, _, index, error in tqdm(loader, desc=desc, leave=False, mininterval=2, disable=not dist.is_main):
         p = predict_views(model, images.to(device, non_blocking=True), transforms, autocast, channels_last, max_batch)
         idx = index.numpy()
         prob[idx] = p.mean(axis=(0, 2))
         prob_id[idx] = p[0, :, -1]  # identity view of the centre crop (last of five_crops)
         errors.update({int(i): err for i, err in zip(idx, error) if err})
+        seen.append(idx)
+    if dist.enabled:
+        idx = np.concatenate(seen) if seen else np.zeros(0, int)
+        full = gather_rows(dist, n, idx, {"prob": prob[idx], "prob_id": prob_id[idx]})
+        prob, prob_id = full["prob"], full["prob_id"]
+        errors = gather_errors(dist, errors)
     bad = np.fromiter(errors.keys(), dtype=np.int64, count=len(errors))
     prob[bad], prob_id[bad] = fallback, fallback
     assert not np.isnan(prob).any(), "a row got no prediction"
@@ -100,11 +111,11 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, vi
 
 
 def predict_dataset(model: Detector, dataset: ImageDataset, cfg: Config, device: torch.device, prior: float,
-                    desc: str, views: str | None = None) -> Predictions:
+                    desc: str, views: str | None = None, dist: Dist = SINGLE) -> Predictions:
     """A model's predictions over a dataset with the config's TTA views (or `views`), batch, AMP and layout."""
-    loader = make_loader(dataset, cfg, device, train=False)
+    loader = make_loader(dataset, cfg, device, train=False, shard=(dist.rank, dist.world))
     return predict(model, loader, device, views or cfg.tta.views, prior, amp_dtype(cfg.train.amp, device),
-                   cfg.train.channels_last, desc=desc, max_batch=cfg.tta.max_batch)
+                   cfg.train.channels_last, desc=desc, max_batch=cfg.tta.max_batch, dist=dist)
 
 
 def load_experiment(project: Project, name: str, device: torch.device) -> Experiment:

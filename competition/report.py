@@ -31,6 +31,7 @@ from competition.errors import ConfigError, KitError  # noqa: E402
 from competition.explain import GradCamUnsupported, eval_crop, explain_images  # noqa: E402
 from competition.inference import load_experiment  # noqa: E402
 from competition.leaderboard import read_json  # noqa: E402
+from competition.metrics import THRESHOLD_METRICS  # noqa: E402
 from competition.project import Project  # noqa: E402
 from competition.tables import data_dir  # noqa: E402
 
@@ -167,16 +168,17 @@ def write_report(project: Project, name: str) -> Path:
         log.warning("no confidently-wrong grid: %s", err)
     folds = "".join(f"<tr><td>{f['fold']}</td><td>{f['score']:.5f}</td><td>{f['score_identity']:.5f}</td>"
                     f"<td>{f['best_epoch']}</td><td>{f['epochs_run']}</td></tr>" for f in metrics["folds"])
+    at_half = ", at threshold 0.5" if metrics["metric"] in THRESHOLD_METRICS else ""
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(name)} report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}img{{max-width:100%;margin:.5em 0}}
 td,th{{padding:2px 10px;border-bottom:1px solid #ddd}}</style></head><body>
 <h1>{html.escape(name)}: {html.escape(metrics['model'])}</h1>
 <p>{html.escape(metrics.get('description', ''))}</p>
-<p>OOF {metrics['metric']}: <b>{metrics['oof_score']:.5f}</b> (fold mean {metrics['fold_mean']:.5f} &plusmn;
+<p>OOF {html.escape(metrics.get('score_note', metrics['metric']))}: <b>{metrics['oof_score']:.5f}</b> (fold mean {metrics['fold_mean']:.5f} &plusmn;
 {metrics['fold_std']:.5f}); AUC {metrics['oof']['auc']:.5f}, accuracy {metrics['oof']['accuracy']:.4f},
 log loss {metrics['oof']['logloss']:.4f}; TTA ({metrics['tta']['views']}) gain {metrics['tta']['gain']:+.5f};
 threshold {threshold:.3f}; wall time {metrics['wall_s'] / 60:.1f} min.</p>
-<table><tr><th>fold</th><th>score (TTA)</th><th>score (identity)</th><th>best epoch</th><th>epochs run</th></tr>
+<table><tr><th>fold</th><th>score (TTA{at_half})</th><th>score (identity{at_half})</th><th>best epoch</th><th>epochs run</th></tr>
 {folds}</table>
 {''.join(f'<h2>{html.escape(k)}</h2>' + _embed(p) for k, p in pngs.items())}
 </body></html>"""

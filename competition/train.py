@@ -24,11 +24,13 @@ import torch.nn.functional as F
 from timm.optim import param_groups_weight_decay
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from competition.atomic import save_torch, write_csv
 from competition.config import Config, to_dict
 from competition.dataset import make_loader
+from competition.distributed import SINGLE, Dist
 from competition.inference import predict
 from competition.metrics import is_better, score, score_all, selection_metric
 from competition.model import Detector, amp_dtype, build_model
@@ -183,9 +185,9 @@ def _optimizer_step(state: TrainState, clip_grad: float = 0.0) -> bool:
 
 
 def validate(model: torch.nn.Module, loader: DataLoader, target: np.ndarray, cfg: Config, device: torch.device,
-             dtype: torch.dtype | None, prior: float) -> dict:
-    """Identity-view validation: loss and metrics for early stopping and the log."""
-    preds = predict(model, loader, device, "identity", prior, dtype, cfg.train.channels_last, desc="validate")
+             dtype: torch.dtype | None, prior: float, dist: Dist = SINGLE) -> dict:
+    """Identity-view validation: loss and metrics for early stopping and the log (every rank gets every row)."""
+    preds = predict(model, loader, device, "identity", prior, dtype, cfg.train.channels_last, desc="validate", dist=dist)
     p = np.clip(preds.prob, 1e-7, 1 - 1e-7)
     val_loss = float(-np.mean(target * np.log(p) + (1 - target) * np.log(1 - p)))
     out = {"val_loss": val_loss}
@@ -213,30 +215,39 @@ def new_state(cfg: Config, fold: int, steps_per_epoch: int, device: torch.device
     return TrainState(model, optimizer, scheduler, scaler, ema, dtype)
 
 
-def train_fold(cfg: Config, inputs: FoldInputs, out_dir: Path, device: torch.device, project: Project) -> Path:
-    """Train (or resume) one fold; return the path of its best checkpoint."""
+def train_fold(cfg: Config, inputs: FoldInputs, out_dir: Path, device: torch.device, project: Project,
+               dist: Dist = SINGLE) -> Path:
+    """Train (or resume) one fold; return the path of its best checkpoint. Under torchrun every rank trains its
+    shard through DistributedDataParallel and only rank 0 writes."""
     out_dir.mkdir(parents=True, exist_ok=True)
     last, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    loader = make_loader(inputs.train, cfg, device, train=True)  # built once: its workers persist across epochs
+    shard = (dist.rank, dist.world)
+    seed = epoch_seed(cfg.train.seed, inputs.fold, 0) if dist.enabled else 0  # DistributedSampler: seed + epoch
+    loader = make_loader(inputs.train, cfg, device, train=True, seed=seed, shard=shard)  # workers persist
+    if dist.enabled:
+        log.info("fold %d: rank %d of %d trains on %d of %d rows per epoch", inputs.fold, dist.rank, dist.world,
+                 len(loader.sampler), len(inputs.train))
     state = new_state(cfg, inputs.fold, len(loader), device, project)
-    runner = torch.compile(state.model) if cfg.train.compile else state.model
+    runner = wrap_model(state.model, cfg, device, dist)
     if last.is_file():
         state.restore(torch.load(last, map_location=device, weights_only=True))
         log.info("fold %d: resuming after epoch %d (best %s at epoch %d)", inputs.fold, state.epoch,
                  state.best["score"], state.best["epoch"])
-    val_loader = make_loader(inputs.val, cfg, device, train=False)
+    val_loader = make_loader(inputs.val, cfg, device, train=False, shard=shard)
     for epoch in range(state.epoch + 1, cfg.train.epochs):
         if cfg.train.patience and state.best["stale"] >= cfg.train.patience:
             log.info("fold %d: early stop, no improvement for %d epochs", inputs.fold, state.best["stale"])
             break
-        row = _run_epoch(state, runner, inputs, loader, val_loader, cfg, device, epoch)
-        if is_better(select_metric(cfg), row["val_score"], state.best["score"]):
-            state.best = {"score": row["val_score"], "epoch": epoch, "stale": 0}
-            save_torch(best_path, state.best_weights(cfg, row["val_score"]))
-        else:
-            state.best = {**state.best, "stale": state.best["stale"] + 1}
-        save_torch(last, state.checkpoint(cfg))
-        write_csv(out_dir / "log.csv", pd.DataFrame(state.history))
+        row = _run_epoch(state, runner, inputs, (loader, val_loader), cfg, device, epoch, dist)
+        improved = is_better(select_metric(cfg), row["val_score"], state.best["score"])
+        state.best = {"score": row["val_score"], "epoch": epoch, "stale": 0} if improved else \
+            {**state.best, "stale": state.best["stale"] + 1}
+        if dist.is_main:
+            if improved:
+                save_torch(best_path, state.best_weights(cfg, row["val_score"]))
+            save_torch(last, state.checkpoint(cfg))
+            write_csv(out_dir / "log.csv", pd.DataFrame(state.history))
+        dist.barrier()  # rank 0's checkpoint is on disk before any rank moves on (a kill resumes from it)
         log.info("fold %d epoch %d: loss %.4f val_loss %.4f val_%s %.5f (selects epochs; best %.5f @%d) %.0f img/s "
                  "%.0fs", inputs.fold, epoch, row["train_loss"], row["val_loss"], select_metric(cfg), row["val_score"],
                  state.best["score"], state.best["epoch"], row["train_img_s"], row["epoch_s"])
@@ -245,18 +256,29 @@ def train_fold(cfg: Config, inputs: FoldInputs, out_dir: Path, device: torch.dev
     return best_path
 
 
-def _run_epoch(state: TrainState, runner: torch.nn.Module, inputs: FoldInputs, loader: DataLoader,
-               val_loader: DataLoader, cfg: Config, device: torch.device, epoch: int) -> dict:
+def wrap_model(model: torch.nn.Module, cfg: Config, device: torch.device, dist: Dist) -> torch.nn.Module:
+    """What the training loop calls: DistributedDataParallel under torchrun, then torch.compile if configured."""
+    if dist.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(model) if cfg.train.compile else model
+
+
+def _run_epoch(state: TrainState, runner: torch.nn.Module, inputs: FoldInputs, loaders: tuple[DataLoader, DataLoader],
+               cfg: Config, device: torch.device, epoch: int, dist: Dist = SINGLE) -> dict:
     """Train one seeded epoch and validate; append the log row to state.history and return it."""
+    loader, val_loader = loaders
     seed = epoch_seed(cfg.train.seed, inputs.fold, epoch)
     torch.manual_seed(seed)
     if hasattr(inputs.train, "set_epoch_seed"):
-        inputs.train.set_epoch_seed(seed)
-    loader.sampler.generator.manual_seed(seed)  # this epoch's shuffling; the workers persist across epochs
+        inputs.train.set_epoch_seed(seed + dist.rank)  # each rank augments its own rows differently
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)  # this epoch's shuffling, the same permutation on every rank
+    else:
+        loader.sampler.generator.manual_seed(seed)  # this epoch's shuffling; the workers persist across epochs
     t0 = time.perf_counter()
     row = {"epoch": epoch, "lr": state.scheduler.get_last_lr()[0]}
     row.update(train_one_epoch(state, runner, loader, cfg, device, desc=f"fold {inputs.fold} epoch {epoch}"))
-    row.update(validate(state.eval_model, val_loader, inputs.val_target, cfg, device, state.dtype, inputs.prior))
+    row.update(validate(state.eval_model, val_loader, inputs.val_target, cfg, device, state.dtype, inputs.prior, dist))
     row["epoch_s"] = time.perf_counter() - t0
     state.epoch = epoch
     state.history.append(row)

@@ -68,3 +68,15 @@ def test_dataset_applies_normalize_encoding():
     ds = ImageDataset([path], np.array([1]), build_eval_transform(DataConfig(img_size=1024)), encoding=spec)
     expected = normalize_encoding(decode_image(path), spec)
     assert np.array_equal(ds[0][0].permute(1, 2, 0).numpy(), expected) and not np.array_equal(expected, decode_image(path))
+
+
+def test_audit_of_a_png_only_competition(tmp_path):
+    """No file has a JPEG quality (all NaN): the audit still runs (it crashed in gradient boosting's binning)."""
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i, src in enumerate(sorted((CIFAKE / "train_data").glob("*.jpg"))[:40]):
+        Image.open(src).convert("RGB").save(tmp_path / "img" / f"{i}.png")
+        rows.append((f"img/{i}.png", i % 2))
+    pd.DataFrame(rows, columns=["file_name", "label"]).to_csv(tmp_path / "train.csv", index=False)
+    report = audit(load_train_table(CompetitionConfig(data_dir=str(tmp_path)), PROJECT))
+    assert not report["leak"] and 0.0 <= report["metadata_auc"] <= 1.0

@@ -159,11 +159,11 @@ def test_persistent_workers_resume_to_identical_oof(home, monkeypatch):
     call_kit(home, "competition.experiment", "straight")
     real_epoch, calls = train_module._run_epoch, {"n": 0}
 
-    def interrupted(state, runner, inputs, loader, val_loader, cfg, device, epoch):
+    def interrupted(state, runner, inputs, loaders, cfg, device, epoch, dist):
         calls["n"] += 1
         if epoch == 2 and calls["n"] == 3:
             raise KeyboardInterrupt
-        return real_epoch(state, runner, inputs, loader, val_loader, cfg, device, epoch)
+        return real_epoch(state, runner, inputs, loaders, cfg, device, epoch, dist)
 
     monkeypatch.setattr(train_module, "_run_epoch", interrupted)
     stopped = call_kit(home, "competition.experiment", "stopped", check=False)
