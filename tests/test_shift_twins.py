@@ -101,3 +101,18 @@ def test_shift_check_flags_a_reencoded_test_set(shift_home):
 def test_shift_check_runs_beside_new_folds(shift_home):
     call_kit(shift_home, "competition.folds", "folds.shift_check=true", "folds.shift_sample=40", "folds.embed_size=64")
     assert list((shift_home / "folds").glob("*_shift.md")) and list((shift_home / "folds").glob("*_audit.md"))
+
+
+def test_run_sh_audit_shift_runs_the_shift_check():
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    env = {**os.environ, "KIT_PYTHON": sys.executable}
+    shift = subprocess.run(["bash", str(REPO / "run.sh"), "audit", "--shift", "--help"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    plain = subprocess.run(["bash", str(REPO / "run.sh"), "audit", "--help"], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert shift.returncode == 0 and "shift.py" in shift.stdout and "adversarial validation" in shift.stdout
+    assert plain.returncode == 0 and "audit.py" in plain.stdout and "Shortcut audit" in plain.stdout
