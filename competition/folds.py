@@ -47,12 +47,14 @@ def make_groups(cfg: Config, train: pd.DataFrame, project: Project) -> pd.Series
 
 
 def twin_groups(cfg: Config, train: pd.DataFrame, project: Project) -> np.ndarray:
-    """Group ids joining images whose embeddings are within folds.twin_similarity among their nearest neighbours."""
+    """Group ids joining images whose embeddings are within folds.twin_similarity among their nearest neighbours;
+    unreadable images (zero vectors) stay singletons and never link two others."""
     emb = embed_config(cfg, train["path"].tolist(), project)
-    groups = components(len(train), twin_pairs(emb, cfg.folds.twin_similarity, cfg.folds.twin_neighbors))
-    groups = groups.astype(str)
-    unreadable = ~emb.any(axis=1)
-    groups[unreadable] = [f"unreadable-{i}" for i in np.flatnonzero(unreadable)]
+    readable = np.flatnonzero(emb.any(axis=1))
+    pairs = readable[twin_pairs(emb[readable], cfg.folds.twin_similarity, cfg.folds.twin_neighbors)]
+    groups = components(len(train), pairs.reshape(-1, 2)).astype(str)
+    unreadable = np.setdiff1d(np.arange(len(train)), readable)
+    groups[unreadable] = [f"unreadable-{i}" for i in unreadable]
     log.info("twin groups (cosine >= %.3f, %d neighbours, %s): %s", cfg.folds.twin_similarity,
              cfg.folds.twin_neighbors, cfg.folds.embed_model, describe_groups(groups, train["label"].to_numpy()))
     return groups
