@@ -49,7 +49,7 @@ def main() -> None:
     brute = brute_sub * (args.n / sub) ** 2  # all-pairs is quadratic
     table(f"pHash grouping, {args.n:,} hashes, distance <= {args.distance}",
           ["method", "seconds", "ratio vs all-pairs"],
-          [["multi-index hashing + union-find (kit)", mih, brute / mih],
+          [["multi-index hashing + connected components (kit)", mih, brute / mih],
            [f"all-pairs (measured on {sub:,}, scaled x{(args.n / sub) ** 2:.0f})", brute, 1.0]])
     print(f"{len(np.unique(groups)):,} groups")  # noqa: T201
 

@@ -40,15 +40,18 @@ class BadImageError(RuntimeError):
     """An image that cannot be decoded."""
 
 
-def decode_image(path, max_pixels: int | None = None) -> np.ndarray:
+def decode_image(path, max_pixels: int | None = None, draft: int | None = None) -> np.ndarray:
     """Decode any image Pillow reads (a path or a binary file object) into uint8 RGB HWC, EXIF orientation
-    applied, first frame only; images over max_pixels (e.g. a server's bound) are refused before decoding."""
+    applied, first frame only; images over max_pixels (e.g. a server's bound) are refused before decoding.
+    draft=n lets a JPEG decode at 1/2, 1/4 or 1/8 scale while staying at least n x n (fast; content only)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if max_pixels and img.width * img.height > max_pixels:
                     raise BadImageError(f"{img.width}x{img.height} is over the {max_pixels / 1e6:g} megapixel limit")
+                if draft:
+                    img.draft("RGB", (draft, draft))
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb(img)
     except FileNotFoundError:
@@ -337,9 +340,10 @@ def make_loader(dataset: Dataset, cfg: Config, device: torch.device, train: bool
     # Shuffling has its own generator (reseed it per epoch: loader.sampler.generator.manual_seed): the loader's
     # generator is also drawn from for the workers' base seed whenever a worker pool starts, which would shift a
     # resumed run's order if the two were shared.
-    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if train else None
     if shard[1] > 1:
         sampler = DistributedSampler(dataset, num_replicas=shard[1], rank=shard[0], shuffle=train, seed=seed)
+    else:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if train else None
     return DataLoader(
         dataset,
         batch_size=cfg.train.batch_size if train else cfg.train.batch_size * 2,

@@ -22,9 +22,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from competition.config import Config, ModelConfig
+from competition.dataset import BadImageError, decode_image
 from competition.errors import ConfigError
 from competition.grouping import stat_key
-from competition.model import local_weights
+from competition.model import backbone_from_file, local_weights
 from competition.project import Project
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,9 @@ class _Resized(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            with Image.open(self.paths[i]) as img:
-                img.draft("RGB", (self.size, self.size))  # libjpeg decodes at 1/2, 1/4, 1/8 scale: fast on large photos
-                array = np.asarray(img.convert("RGB").resize((self.size, self.size), Image.BILINEAR))
-            ok = True
-        except Exception:  # noqa: BLE001 - unreadable images get a zero vector and are counted by the caller
+            image = decode_image(self.paths[i], draft=self.size)  # JPEGs decode at reduced scale: fast on large photos
+            array, ok = np.asarray(Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR)), True
+        except BadImageError:  # unreadable images get a zero vector and are counted by the caller
             array, ok = np.zeros((self.size, self.size, 3), np.uint8), False
         return torch.from_numpy(array.copy()).permute(2, 0, 1), ok
 
@@ -56,9 +55,7 @@ def build_embedder(name: str, project: Project, weights_dir: str = "../shared/we
     if file is None or not file.is_file():
         raise ConfigError(f"folds.embed_model {name!r}: no local weights in {project.resolve(weights_dir)}/models.json "
                           f"- pick one of the models listed there")
-    overlay = {"file": str(file), **({"mean": tuple(entry["mean"]), "std": tuple(entry["std"])} if entry.get("mean") else {})}
-    model = timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay,
-                              **entry.get("create_model_kwargs", {}))
+    model = backbone_from_file(name, file, entry, {"num_classes": 0, **entry.get("create_model_kwargs", {})})
     cfg = timm.data.resolve_data_config({}, model=model)
     return model.eval(), tuple(cfg["mean"]), tuple(cfg["std"])
 

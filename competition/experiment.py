@@ -180,7 +180,8 @@ def fold_inputs(cfg: Config, fold: int, train: pd.DataFrame, cache: ImageCache |
 
 def run_fold(cfg: Config, project: Project, fold: int, run: "Run", out: Path) -> None:
     """Train one fold, then write its TTA predictions for its validation rows and the test set (rank 0 writes)."""
-    fold_dir, t0, train, test, device, dist = out / f"fold{fold}", time.perf_counter(), run.train, run.test, run.device, run.dist
+    fold_dir, t0 = out / f"fold{fold}", time.perf_counter()
+    train, test, device, dist = run.train, run.test, run.device, run.dist
     inputs = fold_inputs(cfg, fold, train, run.caches["train"])
     model = load_detector(train_fold(cfg, inputs, fold_dir, device, project, dist), device, project)
     val = train[(train["fold"] == fold).to_numpy()]

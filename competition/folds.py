@@ -52,7 +52,7 @@ def twin_groups(cfg: Config, train: pd.DataFrame, project: Project) -> np.ndarra
     emb = embed_config(cfg, train["path"].tolist(), project)
     readable = np.flatnonzero(emb.any(axis=1))
     pairs = readable[twin_pairs(emb[readable], cfg.folds.twin_similarity, cfg.folds.twin_neighbors)]
-    groups = components(len(train), pairs.reshape(-1, 2)).astype(str)
+    groups = components(len(train), pairs).astype(str)
     unreadable = np.setdiff1d(np.arange(len(train)), readable)
     groups[unreadable] = [f"unreadable-{i}" for i in unreadable]
     log.info("twin groups (cosine >= %.3f, %d neighbours, %s): %s", cfg.folds.twin_similarity,

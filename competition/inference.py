@@ -90,7 +90,6 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, vi
     n = len(loader.dataset)
     prob, prob_id = np.full(n, np.nan), np.full(n, np.nan)
     errors: dict[int, str] = {}
-    seen = []
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
     for images, _, index, error in tqdm(loader, desc=desc, leave=False, mininterval=2, disable=not dist.is_main):
         p = predict_views(model, images.to(device, non_blocking=True), transforms, autocast, channels_last, max_batch)
@@ -98,9 +97,8 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, vi
         prob[idx] = p.mean(axis=(0, 2))
         prob_id[idx] = p[0, :, -1]  # identity view of the centre crop (last of five_crops)
         errors.update({int(i): err for i, err in zip(idx, error) if err})
-        seen.append(idx)
     if dist.enabled:
-        idx = np.concatenate(seen) if seen else np.zeros(0, int)
+        idx = np.flatnonzero(~np.isnan(prob))  # this rank's shard
         full = gather_rows(dist, n, idx, {"prob": prob[idx], "prob_id": prob_id[idx]})
         prob, prob_id = full["prob"], full["prob_id"]
         errors = gather_errors(dist, errors)

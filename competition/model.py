@@ -73,7 +73,7 @@ def build_model(cfg: ModelConfig, project: Project, quiet: bool = False) -> Dete
     file, entry = local_weights(cfg, project)
     kwargs = create_kwargs(cfg, entry)
     if cfg.pretrained and file is not None:
-        backbone = _from_local_file(cfg.name, file, entry, kwargs)
+        backbone = backbone_from_file(cfg.name, file, entry, kwargs)
     elif cfg.pretrained:
         try:
             backbone = timm.create_model(cfg.name, pretrained=True, **kwargs)
@@ -94,7 +94,7 @@ def build_model(cfg: ModelConfig, project: Project, quiet: bool = False) -> Dete
     return detector
 
 
-def _from_local_file(name: str, file: Path, entry: dict, kwargs: dict) -> nn.Module:
+def backbone_from_file(name: str, file: Path, entry: dict, kwargs: dict) -> nn.Module:
     """A timm backbone with ImageNet weights from a local file (mean/std from models.json when given)."""
     if not file.is_file():
         raise ConfigError(f"weights file {file} not found; fix model.pretrained_file or model.weights_dir")
