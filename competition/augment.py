@@ -51,34 +51,60 @@ def build_train_transform(data: DataConfig, seed: int | None = None) -> A.Compos
 
 class EvalTransform:
     """The one eval geometry, albumentations-style (`t(image=x)["image"]`): resize for the resize preset,
-    else native-scale centre crop, or the four corners + centre when crops=5 (shape (5, H, W, C))."""
+    else native-scale centre crop; crops=5 gives the four corners + centre (shape (5, H, W, C)), tiles=n an
+    n x n grid of native tiles spread over the whole image + the centre crop (the centre crop always last)."""
 
-    def __init__(self, data: DataConfig, crops: int = 1):
-        self.size, self.crops = data.img_size, crops if data.augment != "resize" else 1
-        if data.augment == "resize":
+    def __init__(self, data: DataConfig, crops: int = 1, tiles: int = 0):
+        resize = data.augment == "resize"
+        self.size, self.crops, self.tiles = data.img_size, 1 if resize else crops, 0 if resize else tiles
+        if resize:
             self.single = A.Compose([A.Resize(self.size, self.size, interpolation=cv2.INTER_AREA)])
         else:
             self.single = A.Compose([A.CenterCrop(self.size, self.size, pad_if_needed=True, border_mode=PAD)])
 
     def __call__(self, *, image: np.ndarray) -> dict:
+        if self.tiles:
+            return {"image": tile_crops(image, self.size, self.tiles)}
         if self.crops > 1:
             return {"image": five_crops(image, self.size)}
         return self.single(image=image)
 
+    @property
+    def signature(self) -> str:
+        """What defines the output pixels (keys EvalCrops)."""
+        return f"{type(self.single.transforms[0]).__name__}|size={self.size}|crops={self.crops}|tiles={self.tiles}"
 
-def build_eval_transform(data: DataConfig, crops: int = 1) -> EvalTransform:
-    """Deterministic eval geometry matching the preset; crops=5 adds the corner crops (TTA)."""
-    return EvalTransform(data, crops)
+
+def build_eval_transform(data: DataConfig, crops: int = 1, tiles: int = 0) -> EvalTransform:
+    """Deterministic eval geometry matching the preset; crops=5 adds the corner crops, tiles=n a tile grid (TTA)."""
+    return EvalTransform(data, crops, tiles)
+
+
+def _pad_to(image: np.ndarray, size: int) -> np.ndarray:
+    """Reflect-pad an image on the bottom/right up to size x size when it is smaller."""
+    h, w = image.shape[:2]
+    if h >= size and w >= size:
+        return image
+    return cv2.copyMakeBorder(image, 0, max(0, size - h), 0, max(0, size - w), PAD)
 
 
 def five_crops(image: np.ndarray, size: int) -> np.ndarray:
     """Four corner crops and the centre crop at native scale (padding first if the image is small)."""
+    image = _pad_to(image, size)
     h, w = image.shape[:2]
-    if h < size or w < size:
-        image = cv2.copyMakeBorder(image, 0, max(0, size - h), 0, max(0, size - w), PAD)
-        h, w = image.shape[:2]
     cy, cx = (h - size) // 2, (w - size) // 2
     corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size), (cy, cx)]
+    return np.stack([image[y:y + size, x:x + size] for y, x in corners])
+
+
+def tile_crops(image: np.ndarray, size: int, grid: int) -> np.ndarray:
+    """grid x grid native tiles at evenly spaced positions from corner to corner (overlapping on small images,
+    covering the image when grid x size >= its sides), then the centre crop; grid**2 + 1 crops of one shape."""
+    image = _pad_to(image, size)
+    h, w = image.shape[:2]
+    ys = np.linspace(0, h - size, grid).round().astype(int) if grid > 1 else [(h - size) // 2]
+    xs = np.linspace(0, w - size, grid).round().astype(int) if grid > 1 else [(w - size) // 2]
+    corners = [(int(y), int(x)) for y in ys for x in xs] + [((h - size) // 2, (w - size) // 2)]
     return np.stack([image[y:y + size, x:x + size] for y, x in corners])
 
 

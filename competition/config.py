@@ -98,6 +98,12 @@ class DataConfig:
     blur_p: Probability = 0.2  # forensic: probability of Gaussian blur (both classes)
     cache: Literal["auto", "memmap", "none"] = "auto"  # memmap decodes small same-sized images once into a uint8 cache
     cache_dir: str = ".cache"  # where decoded-image caches live; relative to the project
+    crop_cache: Literal["auto", "on", "off"] = "auto"  # large images (forensic/light): keep a native 2 x img_size
+    # window per training image and the validation centre crops in uint8 memmaps, so an epoch re-decodes only
+    # 1/crop_cache_epochs of the training images (competition.crop_cache); auto: on when the median image holds
+    # >= 8 crops' worth of pixels (1024 px JPEGs: 5.x faster per core, benchmarks/README.md)
+    crop_cache_epochs: Annotated[int, Range(ge=1, le=100)] = 8  # crop_cache: each training image is re-decoded
+    # (a new random window) once per this many epochs; the crops in between are drawn from its stored window
     num_workers: Annotated[int, Range(ge=-1, le=64)] = -1  # DataLoader workers; -1 = chosen from the machine's cores
     on_bad_image: Literal["skip", "fail"] = "skip"  # skip (log, count, list) | fail (stop before training)
     normalize_encoding: dict = field(default_factory=dict)  # e.g. {format: jpeg, quality: 90}: re-encode every
@@ -116,6 +122,9 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
     channels_last: bool = True  # NHWC memory format (~2x for depthwise CNNs on CPU)
     compile: bool = False  # torch.compile the model
+    grad_checkpointing: bool = False  # recompute activations in backward (timm set_grad_checkpointing): less
+    # memory (lite0, 224 px, batch 32 on CPU: 4.2 -> 3.0 GB per step), more compute; same gradients, but the
+    # recomputed forward updates BatchNorm running statistics a second time, so results differ slightly
     ema: bool = False  # keep an exponential moving average of weights and validate with it
     ema_decay: Annotated[float, Range(gt=0.0, lt=1.0)] = 0.999  # EMA decay per optimizer step
     patience: Annotated[int, Range(ge=0)] = 3  # early stopping: epochs without validation improvement (0 = off)
@@ -133,7 +142,11 @@ class TrainConfig:
 class TTAConfig:
     views: Literal["identity", "hflip", "d4"] = "hflip"  # flips/rotations averaged at test time (d4 = 8 views)
     crops: Literal[1, 5] = 1  # native-scale crops per image larger than img_size: 1 (centre) or 5 (corners + centre)
-    max_batch: Annotated[int, Range(ge=1)] = 256  # images per forward pass; batch x views x crops is split to fit
+    tiles: Annotated[int, Range(ge=0, le=8)] = 0  # n > 0: an n x n grid of native img_size tiles spread evenly
+    # over the whole image (covering it when n x img_size >= its sides) plus the centre crop, averaged; needs crops: 1
+    max_batch: Annotated[int, Range(ge=0)] = 0  # images per forward pass (batch x views x crops is split to fit);
+    # 0 = 2 x train.batch_size: inference stores no activations, so twice what trains fits (at 256, a 224 px
+    # tf_efficientnet_lite0 forward alone held ~2.5 GB on CPU)
 
 
 @dataclass(frozen=True)
@@ -332,6 +345,9 @@ def validate(cfg: Config, where: str, project: Project, check_model: bool = True
         raise ConfigError(f"{where}: `train.min_lr: {cfg.train.min_lr:g}` is above `train.lr: {cfg.train.lr:g}`; "
                           f"the schedule decays from lr down to min_lr")
     _validate_encoding(cfg.data.normalize_encoding, where)
+    if cfg.tta.tiles and cfg.tta.crops != 1:
+        raise ConfigError(f"{where}: `tta.tiles: {cfg.tta.tiles}` and `tta.crops: {cfg.tta.crops}` are two eval "
+                          f"geometries; keep one (tiles cover the image, crops: 5 takes its corners)")
     bad_folds = [f for f in cfg.train.folds if not isinstance(f, int) or isinstance(f, bool)
                  or not 0 <= f < cfg.folds.n_splits]
     if bad_folds:

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from competition.allocator import worker_limits
 from competition.atomic import DiskFullError, atomic_path, free_bytes, write_text
 from competition.config import Config, DataConfig
 from competition.augment import to_tensor
@@ -241,24 +242,27 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, paths: list[str], labels: np.ndarray | None, transform, cache: ImageCache | None = None,
-                 encoding: dict | None = None):
+                 encoding: dict | None = None, crop_store=None):
         self.paths = list(paths)
         self.labels = np.zeros(len(self.paths), np.float32) if labels is None else np.asarray(labels, np.float32)
         self.transform = transform
         self.cache = cache
         self.encoding = encoding or {}
-        # Augmentation seed of the current epoch, in shared memory so persistent workers see each new epoch;
-        # -1 = not seeded (evaluation). Each worker reseeds its transform once per epoch from (seed, worker id),
-        # so a resumed run draws exactly what the uninterrupted one drew.
-        self.epoch_seed = torch.full((1,), -1, dtype=torch.int64)  # moved to shared memory on first use
+        # competition.crop_cache: TrainWindows (native windows the transform then augments) or EvalCrops (the
+        # eval transform's output, stored whole); None = decode every time
+        self.crop_store = crop_store
+        # Augmentation seed and number of the current epoch, in shared memory so persistent workers see each new
+        # epoch; seed -1 = not seeded (evaluation). Each worker reseeds its transform once per epoch from (seed,
+        # worker id), so a resumed run draws exactly what the uninterrupted one drew.
+        self.epoch_seed = torch.tensor([-1, 0], dtype=torch.int64)  # moved to shared memory on first use
         self._seeded = -1  # the epoch seed this process (worker) last applied
 
-    def set_epoch_seed(self, seed: int) -> None:
+    def set_epoch_seed(self, seed: int, epoch: int = 0) -> None:
         """Seed the augmentation of the coming epoch (seen by persistent workers too: the seed is shared
         before the first epoch's workers start; evaluation datasets never pay for shared memory)."""
         if not self.epoch_seed.is_shared():
             self.epoch_seed.share_memory_()
-        self.epoch_seed[0] = seed
+        self.epoch_seed[0], self.epoch_seed[1] = seed, epoch
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -275,25 +279,48 @@ class ImageDataset(Dataset):
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """What the model gets for a decoded image: re-encoding (when configured), the transform, a uint8 tensor."""
+        return self.augment(normalize_encoding(image, self.encoding))
+
+    def augment(self, image: np.ndarray) -> torch.Tensor:
+        """The transform (reseeded once per epoch in each worker) on re-encoded pixels, as a uint8 tensor."""
         seed = int(self.epoch_seed[0])
         if seed != self._seeded and seed >= 0 and hasattr(self.transform, "set_random_seed"):
             info = torch.utils.data.get_worker_info()
             self.transform.set_random_seed((seed * 1_000_003 + (info.id + 1 if info else 0)) % 2**32)
             self._seeded = seed
-        return to_tensor(self.transform(image=normalize_encoding(image, self.encoding))["image"])
+        return to_tensor(self.transform(image=image)["image"])
+
+    def encoded(self, index: int) -> np.ndarray:
+        """A row decoded and re-encoded as configured (what a crop cache stores windows of)."""
+        return normalize_encoding(self.load(index), self.encoding)
+
+    def transformed(self, index: int) -> np.ndarray:
+        """A row through decode, re-encoding and the (deterministic eval) transform (what EvalCrops stores)."""
+        return self.transform(image=self.encoded(index))["image"]
+
+    def sample(self, index: int) -> torch.Tensor:
+        """The model input of a row: from the crop cache when there is one, else decoded now."""
+        if self.crop_store is None:
+            return self.prepare(self.load(index))
+        epoch = int(self.epoch_seed[1])
+        if getattr(self.crop_store, "windows", False):
+            return self.augment(self.crop_store.get(index, self.encoded, epoch))
+        return to_tensor(self.crop_store.get(index, self.transformed, epoch))
 
     def __getitem__(self, index: int):
         error, label = "", self.labels[index]
         try:
-            image = self.load(index)
+            tensor = self.sample(index)
         except BadImageError as err:
             error, label = str(err) or "undecodable", np.float32("nan")  # NaN label: weight 0 in training
-            image = np.zeros((8, 8, 3), np.uint8)
-        return self.prepare(image), torch.tensor(label), index, error
+            tensor = self.prepare(np.zeros((8, 8, 3), np.uint8))
+        return tensor, torch.tensor(label), index, error
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: seed the worker's augmentation from torch's per-worker seed."""
+    """DataLoader worker_init_fn: seed the worker's augmentation from torch's per-worker seed; release the heap
+    inherited from the parent and keep large decode buffers out of the heap (competition.allocator)."""
+    worker_limits()
     info = torch.utils.data.get_worker_info()
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)

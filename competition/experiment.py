@@ -30,7 +30,8 @@ import yaml
 
 from competition import cli
 from competition.atomic import remove_stale_temps, write_csv, write_json
-from competition.augment import build_train_transform
+from competition.augment import build_eval_transform, build_train_transform
+from competition.crop_cache import EvalCrops, TrainWindows, wants_crop_cache
 from competition.config import Config, ConfigError, is_override, load_config, save_config, to_dict
 from competition.dataset import BAD, ImageCache, ImageDataset, BadImageError, decode_image, open_cache
 from competition.distributed import SINGLE, Dist, rank_device, setup, shutdown
@@ -43,7 +44,7 @@ from competition.model import load_detector, pick_device
 from competition.project import Project, inside
 from competition.checks import check_new_folds
 from competition.tables import DataError, load_test_table, load_train_table
-from competition.train import FoldInputs, select_metric, train_fold
+from competition.train import FoldInputs, epoch_seed, select_metric, train_fold
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -166,14 +167,25 @@ def fold_done(fold_dir: Path) -> bool:
     return all((fold_dir / f).is_file() for f in ("result.json", "oof.csv", "test.csv"))
 
 
-def fold_inputs(cfg: Config, fold: int, train: pd.DataFrame, cache: ImageCache | None) -> FoldInputs:
-    """The training and validation datasets of one fold (train preset / identity eval geometry)."""
+def fold_inputs(cfg: Config, fold: int, train: pd.DataFrame, cache: ImageCache | None,
+                crop_dir: Path | None = None) -> FoldInputs:
+    """The training and validation datasets of one fold (train preset / identity eval geometry); with crop_dir,
+    training reads native windows and validation stored centre crops from competition.crop_cache there."""
     is_val = (train["fold"] == fold).to_numpy()
     trn, val = train[~is_val], train[is_val]
     sub = (lambda rows: cache.subset(rows)) if cache is not None else (lambda rows: None)
-    train_ds = ImageDataset(trn["path"].tolist(), trn["label"].to_numpy(), build_train_transform(cfg.data),
-                            sub(np.flatnonzero(~is_val)), encoding=cfg.data.normalize_encoding)
-    val_ds = eval_dataset(cfg, val["path"].tolist(), val["label"].to_numpy(), sub(np.flatnonzero(is_val)), tta=False)
+    trn_paths, val_paths = trn["path"].tolist(), val["path"].tolist()
+    windows = val_crops = None
+    if crop_dir is not None:
+        windows = TrainWindows(trn_paths, cfg.data.img_size, cfg.data.crop_cache_epochs,
+                               epoch_seed(cfg.train.seed, fold, -2), cfg.data.normalize_encoding, crop_dir)
+        geometry = build_eval_transform(cfg.data)
+        val_crops = EvalCrops(val_paths, (cfg.data.img_size, cfg.data.img_size, 3),
+                              f"{geometry.signature}|encoding={sorted(cfg.data.normalize_encoding.items())}", crop_dir)
+    train_ds = ImageDataset(trn_paths, trn["label"].to_numpy(), build_train_transform(cfg.data),
+                            sub(np.flatnonzero(~is_val)), encoding=cfg.data.normalize_encoding, crop_store=windows)
+    val_ds = eval_dataset(cfg, val_paths, val["label"].to_numpy(), sub(np.flatnonzero(is_val)), tta=False,
+                          crop_store=val_crops)
     return FoldInputs(fold=fold, train=train_ds, val=val_ds, val_target=val["label"].to_numpy(),
                       prior=float(trn["label"].mean()))
 
@@ -182,7 +194,8 @@ def run_fold(cfg: Config, project: Project, fold: int, run: "Run", out: Path) ->
     """Train one fold, then write its TTA predictions for its validation rows and the test set (rank 0 writes)."""
     fold_dir, t0 = out / f"fold{fold}", time.perf_counter()
     train, test, device, dist = run.train, run.test, run.device, run.dist
-    inputs = fold_inputs(cfg, fold, train, run.caches["train"])
+    inputs = main_first(dist, lambda: fold_inputs(cfg, fold, train, run.caches["train"], run.crop_dir))  # rank 0
+    # creates the crop stores (if any) before the other ranks open them
     model = load_detector(train_fold(cfg, inputs, fold_dir, device, project, dist), device, project)
     val = train[(train["fold"] == fold).to_numpy()]
     oof = predict_dataset(model, eval_dataset(cfg, inputs.val.paths, cache=inputs.val.cache), cfg, device,
@@ -269,7 +282,7 @@ def summarize(cfg: Config, oof: pd.DataFrame, results: list[dict], folds_run: li
         "complete": sorted(folds_run) == list(range(n_folds)), "folds_run": folds_run, "n_oof": len(oof),
         "oof_score": tta, "fold_mean": float(np.mean(fold_scores)), "fold_std": float(np.std(fold_scores)),
         "score_note": score_note(metric, threshold), "oof": score_all(target, prob, threshold), "folds": results,
-        "tta": {"views": cfg.tta.views, "crops": cfg.tta.crops, "oof_identity": tta_id, "oof_tta": tta,
+        "tta": {"views": cfg.tta.views, "crops": cfg.tta.crops, "tiles": cfg.tta.tiles, "oof_identity": tta_id, "oof_tta": tta,
                 "gain": (tta - tta_id) if metric != "logloss" else (tta_id - tta)},
         "threshold": threshold, "positive_rate": positive_rates(prob, test_prob, threshold),
         "model": cfg.model.name, "img_size": cfg.data.img_size, "input_upscale": cfg.model.input_upscale,
@@ -331,6 +344,7 @@ class Run:
     n_folds: int
     device: torch.device
     dist: Dist = SINGLE  # torchrun ranks training each fold together (rank 0 writes)
+    crop_dir: Path | None = None  # where competition.crop_cache keeps native windows (None: large-image cache off)
 
 
 def on_main(dist: Dist, step: Callable[[], object]) -> None:
@@ -360,7 +374,12 @@ def prepare_run(cfg: Config, project: Project, out: Path, ood: bool, device: str
                                        for split, frame in (("train", train), ("test", test))})
     check_decodable(cfg, train, caches["train"])
     n_folds = int(train["fold"].max()) + 1 if ood else cfg.folds.n_splits
-    run = Run(train, test, caches, n_folds, pick_device(rank_device(dist, device or cfg.train.device)), dist)
+    windows = wants_crop_cache(cfg.data.crop_cache, cfg.data.augment, cfg.data.img_size, train["path"].tolist())
+    if windows:
+        log.info("crop cache on (data.crop_cache=%s): each training image is decoded once per %d epochs",
+                 cfg.data.crop_cache, cfg.data.crop_cache_epochs)
+    run = Run(train, test, caches, n_folds, pick_device(rank_device(dist, device or cfg.train.device)), dist,
+              cache_dir / "crops" if windows else None)
     if run.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest convolution kernels once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 parts on tensor cores

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from competition.allocator import trim
 from competition.augment import build_eval_transform, tta_views
 from competition.config import Config, ConfigError, load_saved_config
 from competition.dataset import ImageCache, ImageDataset, make_loader
@@ -51,10 +52,11 @@ class Experiment:
 
 
 def eval_dataset(cfg: Config, paths: list[str], labels: np.ndarray | None = None, cache: ImageCache | None = None,
-                 tta: bool = True) -> ImageDataset:
-    """The images as the model sees them at evaluation: tta=True adds the configured native crops."""
-    transform = build_eval_transform(cfg.data, cfg.tta.crops if tta else 1)
-    return ImageDataset(paths, labels, transform, cache, encoding=cfg.data.normalize_encoding)
+                 tta: bool = True, crop_store=None) -> ImageDataset:
+    """The images as the model sees them at evaluation: tta=True adds the configured native crops or tiles;
+    crop_store: an EvalCrops store of this geometry (validation of large images), else decoded each time."""
+    transform = build_eval_transform(cfg.data, cfg.tta.crops if tta else 1, cfg.tta.tiles if tta else 0)
+    return ImageDataset(paths, labels, transform, cache, encoding=cfg.data.normalize_encoding, crop_store=crop_store)
 
 
 @torch.no_grad()
@@ -86,6 +88,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, vi
     Under torchrun each rank predicts its shard; the shards are gathered by row index (every rank gets every
     row once: the sampler's padding lands on rows already predicted)."""
     model.eval()
+    trim()  # the loader forks its workers from this process: give them (and the OS) no retained free heap
     transforms = tta_views(views)
     n = len(loader.dataset)
     prob, prob_id = np.full(n, np.nan), np.full(n, np.nan)
@@ -95,7 +98,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, vi
         p = predict_views(model, images.to(device, non_blocking=True), transforms, autocast, channels_last, max_batch)
         idx = index.numpy()
         prob[idx] = p.mean(axis=(0, 2))
-        prob_id[idx] = p[0, :, -1]  # identity view of the centre crop (last of five_crops)
+        prob_id[idx] = p[0, :, -1]  # identity view of the centre crop (last of five_crops / tile_crops)
         errors.update({int(i): err for i, err in zip(idx, error) if err})
     if dist.enabled:
         idx = np.flatnonzero(~np.isnan(prob))  # this rank's shard
@@ -105,6 +108,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, vi
     bad = np.fromiter(errors.keys(), dtype=np.int64, count=len(errors))
     prob[bad], prob_id[bad] = fallback, fallback
     assert not np.isnan(prob).any(), "a row got no prediction"
+    trim()  # large inference buffers are not needed by what comes next (training, the next fold)
     return Predictions(prob, prob_id, errors)
 
 
@@ -113,7 +117,12 @@ def predict_dataset(model: Detector, dataset: ImageDataset, cfg: Config, device:
     """A model's predictions over a dataset with the config's TTA views (or `views`), batch, AMP and layout."""
     loader = make_loader(dataset, cfg, device, train=False, shard=(dist.rank, dist.world))
     return predict(model, loader, device, views or cfg.tta.views, prior, amp_dtype(cfg.train.amp, device),
-                   cfg.train.channels_last, desc=desc, max_batch=cfg.tta.max_batch, dist=dist)
+                   cfg.train.channels_last, desc=desc, max_batch=forward_cap(cfg), dist=dist)
+
+
+def forward_cap(cfg: Config) -> int:
+    """Images per forward pass at inference: tta.max_batch, or 2 x the training batch when it is 0."""
+    return cfg.tta.max_batch or 2 * cfg.train.batch_size
 
 
 def load_experiment(project: Project, name: str, device: torch.device) -> Experiment:
@@ -148,5 +157,5 @@ def predict_image(exp: Experiment, image: np.ndarray) -> float:
     batch = batch[None]
     transforms = tta_views(exp.cfg.tta.views)
     return float(np.mean([predict_views(m, batch.to(next(m.parameters()).device), transforms,
-                                        max_batch=exp.cfg.tta.max_batch).mean() for m in exp.models]))
+                                        max_batch=forward_cap(exp.cfg)).mean() for m in exp.models]))
 

@@ -27,8 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from competition.allocator import trim
 from competition.atomic import save_torch, write_csv
-from competition.config import Config, to_dict
+from competition.config import Config, ConfigError, to_dict
 from competition.dataset import make_loader
 from competition.distributed import SINGLE, Dist
 from competition.inference import predict
@@ -134,6 +135,7 @@ def train_one_epoch(state: TrainState, runner: torch.nn.Module, loader: DataLoad
                     device: torch.device, desc: str) -> dict:
     """One pass over the training loader; returns mean loss, images/s and the data-wait share."""
     runner.train()
+    trim()  # once per epoch, before the loader may fork its workers; the steps then reuse freed buffers
     accum, smooth = cfg.train.accum_steps, cfg.train.label_smoothing
     autocast = (lambda: torch.autocast(device.type, dtype=state.dtype)) if state.dtype else nullcontext
     loss_sum = torch.zeros((), device=device)
@@ -205,6 +207,8 @@ def new_state(cfg: Config, fold: int, steps_per_epoch: int, device: torch.device
     """Fresh model, optimizer, scheduler, scaler and EMA for a fold (model init seeded by fold)."""
     torch.manual_seed(epoch_seed(cfg.train.seed, fold, -1))
     model = build_model(cfg.model, project).to(device)
+    if cfg.train.grad_checkpointing:
+        set_grad_checkpointing(model, cfg.model.name)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.train.weight_decay), lr=cfg.train.lr)
@@ -213,6 +217,15 @@ def new_state(cfg: Config, fold: int, steps_per_epoch: int, device: torch.device
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
     return TrainState(model, optimizer, scheduler, scaler, ema, dtype)
+
+
+def set_grad_checkpointing(model: Detector, name: str) -> None:
+    """Turn on timm's activation checkpointing, or say clearly that this backbone has none."""
+    try:
+        model.backbone.set_grad_checkpointing(True)
+    except (AttributeError, AssertionError, NotImplementedError, TypeError) as err:
+        raise ConfigError(f"{name} does not support train.grad_checkpointing ({type(err).__name__}: {err}); "
+                          f"set it to false or lower train.batch_size") from None
 
 
 def train_fold(cfg: Config, inputs: FoldInputs, out_dir: Path, device: torch.device, project: Project,
@@ -270,7 +283,7 @@ def _run_epoch(state: TrainState, runner: torch.nn.Module, inputs: FoldInputs, l
     seed = epoch_seed(cfg.train.seed, inputs.fold, epoch)
     torch.manual_seed(seed)
     if hasattr(inputs.train, "set_epoch_seed"):
-        inputs.train.set_epoch_seed(seed + dist.rank)  # each rank augments its own rows differently
+        inputs.train.set_epoch_seed(seed + dist.rank, epoch)  # each rank augments its own rows differently
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)  # this epoch's shuffling, the same permutation on every rank
     else:

@@ -118,3 +118,32 @@ def test_real_gpu_gets_its_native_precision_and_trains_a_step():
     assert logits.dtype == torch.float32
     logits.sum().backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    """train.grad_checkpointing recomputes activations in backward: gradients equal, the flag really reaches timm."""
+    from competition.train import set_grad_checkpointing
+
+    cfg = ModelConfig(name="tf_efficientnet_lite0", weights_dir=str(PROJECT.root.parent / "shared" / "weights"))
+    x = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build_model(cfg, PROJECT, quiet=True).train()
+        if checkpointing:
+            set_grad_checkpointing(model, cfg.name)
+            assert model.backbone.grad_checkpointing
+        model.eval()  # no dropout or BN-statistics randomness between the two runs; checkpointing still applies
+        model.backbone.grad_checkpointing = checkpointing
+        torch.nn.functional.binary_cross_entropy_with_logits(model(x), torch.ones(4)).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_grad_checkpointing_refused_clearly_where_timm_has_none():
+    from competition.train import set_grad_checkpointing
+
+    model = build_model(ModelConfig(name="tf_efficientnet_lite0", pretrained=False), PROJECT, quiet=True)
+    model.backbone.set_grad_checkpointing = None  # a backbone without the method
+    with pytest.raises(ConfigError, match="grad_checkpointing"):
+        set_grad_checkpointing(model, "some_model")
