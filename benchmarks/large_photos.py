@@ -84,7 +84,10 @@ def make(out: Path, n_train: int = 200, n_test: int = 60, seed: int = 0) -> None
         buf = io.BytesIO()
         Image.fromarray(image).save(buf, "PNG" if fmt == "png" else "JPEG", **({} if fmt == "png" else {"quality": int(rng.integers(85, 96))}))
         (out / name).write_bytes(buf.getvalue())
-        (rows.append({"file_name": name, "label": label}) if i < n_train else test_ids.append(name))
+        if i < n_train:
+            rows.append({"file_name": name, "label": label})
+        else:
+            test_ids.append(name)
     pd.DataFrame(rows).to_csv(out / "train.csv", index=False)
     pd.DataFrame({"id": test_ids}).to_csv(out / "test.csv", index=False)
     pd.DataFrame({"id": test_ids, "label": 0.5}).to_csv(out / "sample_submission.csv", index=False)

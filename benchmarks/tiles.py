@@ -15,8 +15,7 @@ import time
 import numpy as np
 import torch
 
-import common  # noqa: F401 - puts the repository on sys.path
-from common import table
+from common import table  # (importing common puts the repository on sys.path)
 from competition.config import replace
 from competition.experiment import load_tables
 from competition.inference import eval_dataset, load_experiment, predict_dataset

@@ -2,7 +2,7 @@
 
 run.sh raises glibc's mmap and trim thresholds (MALLOC_MMAP_THRESHOLD_=1 GB, MALLOC_TRIM_THRESHOLD_=4 GB) so
 the same large activation buffers are reused step after step instead of being unmapped and page-faulted
-back in (zeroed by the kernel: system time) every step: 1.9x faster training epochs on large photos
+back in (zeroed by the kernel: system time) every step: a whole run on 1-8 MP photos is 1.6x faster
 (benchmarks/README.md, "Large photos"). Left alone, that keeps every freed byte: the main process grew
 to 9.7 GB, and each DataLoader worker forked from it inherited the retained heap and copied it page by
 page as it reused it (7.4 GB). So the kit returns freed memory at phase boundaries:

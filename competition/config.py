@@ -101,7 +101,7 @@ class DataConfig:
     crop_cache: Literal["auto", "on", "off"] = "auto"  # large images (forensic/light): keep a native 2 x img_size
     # window per training image and the validation centre crops in uint8 memmaps, so an epoch re-decodes only
     # 1/crop_cache_epochs of the training images (competition.crop_cache); auto: on when the median image holds
-    # >= 8 crops' worth of pixels (1024 px JPEGs: 5.x faster per core, benchmarks/README.md)
+    # >= 8 crops' worth of pixels (1024-2048 px JPEGs: 5.3-6.9x per core, benchmarks/README.md section 7)
     crop_cache_epochs: Annotated[int, Range(ge=1, le=100)] = 8  # crop_cache: each training image is re-decoded
     # (a new random window) once per this many epochs; the crops in between are drawn from its stored window
     num_workers: Annotated[int, Range(ge=-1, le=64)] = -1  # DataLoader workers; -1 = chosen from the machine's cores
@@ -177,6 +177,13 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+# YAML 1.2 booleans: only true/false. PyYAML follows YAML 1.1, where on/off/yes/no are booleans too, so the
+# documented values `train.amp: off` and `data.crop_cache: on` would arrive as True/False and be refused.
+_BOOL = "tag:yaml.org,2002:bool"
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_UniqueKeyLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def parse_yaml(text: str, where: str) -> Any:

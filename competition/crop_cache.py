@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from competition.atomic import DiskFullError, atomic_path, free_bytes
-from competition.dataset import _cache_key, _reserve, decoder_signature
+from competition.dataset import _cache_key, _reserve, decoder_signature, probe_sizes
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,7 @@ def wants_crop_cache(mode: str, augment: str, img_size: int, paths: list[str], n
         return False
     if mode == "on":
         return True
-    from PIL import Image
-
-    pixels = []
-    for path in paths[:n]:
-        try:
-            with Image.open(path) as img:
-                pixels.append(img.width * img.height)
-        except Exception:  # noqa: BLE001 - unreadable files are handled when decoding
-            continue
+    pixels = [h * w for h, w in probe_sizes(paths, n)]
     return bool(pixels) and float(np.median(pixels)) >= AUTO_MIN_PIXELS * img_size * img_size
 
 
@@ -141,11 +133,15 @@ class TrainWindows:
 
 
 class EvalCrops:
-    """The deterministic eval crop(s) of each row, computed once (the eval transform's output, uint8)."""
+    """The deterministic eval crop(s) of each row, computed once (the output of `geometry`, an EvalTransform, on
+    the decoded and re-encoded image)."""
 
     windows = False
-    def __init__(self, paths: list[str], shape: tuple[int, ...], ident: str, cache_dir: Path):
-        self.store = _RowStore(cache_dir, _stem("evalcrops", paths, f"{ident}|shape={shape}"), len(paths), shape)
+    def __init__(self, paths: list[str], geometry, encoding: dict, cache_dir: Path):
+        size = geometry.size
+        shape = geometry(image=np.zeros((size, size, 3), np.uint8))["image"].shape  # what one row's crop(s) hold
+        ident = f"{geometry.signature}|encoding={sorted(encoding.items())}|shape={shape}"
+        self.store = _RowStore(cache_dir, _stem("evalcrops", paths, ident), len(paths), shape)
         self.decodes = 0
 
     def get(self, index: int, load: Callable[[int], np.ndarray], epoch: int = 0) -> np.ndarray:

@@ -179,9 +179,7 @@ def fold_inputs(cfg: Config, fold: int, train: pd.DataFrame, cache: ImageCache |
     if crop_dir is not None:
         windows = TrainWindows(trn_paths, cfg.data.img_size, cfg.data.crop_cache_epochs,
                                epoch_seed(cfg.train.seed, fold, -2), cfg.data.normalize_encoding, crop_dir)
-        geometry = build_eval_transform(cfg.data)
-        val_crops = EvalCrops(val_paths, (cfg.data.img_size, cfg.data.img_size, 3),
-                              f"{geometry.signature}|encoding={sorted(cfg.data.normalize_encoding.items())}", crop_dir)
+        val_crops = EvalCrops(val_paths, build_eval_transform(cfg.data), cfg.data.normalize_encoding, crop_dir)
     train_ds = ImageDataset(trn_paths, trn["label"].to_numpy(), build_train_transform(cfg.data),
                             sub(np.flatnonzero(~is_val)), encoding=cfg.data.normalize_encoding, crop_store=windows)
     val_ds = eval_dataset(cfg, val_paths, val["label"].to_numpy(), sub(np.flatnonzero(is_val)), tta=False,

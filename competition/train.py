@@ -135,7 +135,6 @@ def train_one_epoch(state: TrainState, runner: torch.nn.Module, loader: DataLoad
                     device: torch.device, desc: str) -> dict:
     """One pass over the training loader; returns mean loss, images/s and the data-wait share."""
     runner.train()
-    trim()  # once per epoch, before the loader may fork its workers; the steps then reuse freed buffers
     accum, smooth = cfg.train.accum_steps, cfg.train.label_smoothing
     autocast = (lambda: torch.autocast(device.type, dtype=state.dtype)) if state.dtype else nullcontext
     loss_sum = torch.zeros((), device=device)
@@ -247,6 +246,8 @@ def train_fold(cfg: Config, inputs: FoldInputs, out_dir: Path, device: torch.dev
         log.info("fold %d: resuming after epoch %d (best %s at epoch %d)", inputs.fold, state.epoch,
                  state.best["score"], state.best["epoch"])
     val_loader = make_loader(inputs.val, cfg, device, train=False, shard=shard)
+    trim()  # before the persistent training workers fork from this process (later epochs follow validation,
+    # which trims when it ends); the steps in between reuse freed buffers
     for epoch in range(state.epoch + 1, cfg.train.epochs):
         if cfg.train.patience and state.best["stale"] >= cfg.train.patience:
             log.info("fold %d: early stop, no improvement for %d epochs", inputs.fold, state.best["stale"])

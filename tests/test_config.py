@@ -69,3 +69,14 @@ def test_repository_experiments_load():
     for name in ("exp001", "exp002"):
         cfg = load_config(name)
         assert cfg.name == name and cfg.model.pretrained
+
+
+def test_on_and_off_are_words_not_booleans(tmp_path):
+    """YAML 1.1 would read `off` as False: the documented `train.amp: off` / `data.crop_cache: on` must load."""
+    exp = tmp_path / "exp1.yaml"
+    exp.write_text("train:\n  amp: off\n  ema: true\ndata:\n  crop_cache: on\n")
+    cfg = load_config(str(exp), ["data.augment=light"])
+    assert (cfg.train.amp, cfg.data.crop_cache, cfg.train.ema) == ("off", "on", True)
+    assert load_config(str(exp), ["data.crop_cache=off"]).data.crop_cache == "off"
+    with pytest.raises(ConfigError, match="`train.channels_last`: expected bool, got str 'yes'"):
+        load_config(str(exp), ["train.channels_last=yes"])

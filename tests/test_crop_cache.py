@@ -102,7 +102,7 @@ def test_workers_fill_one_shared_cache(tmp_path, faces):
 def test_eval_crops_equal_the_eval_transform_and_decode_once(tmp_path, faces):
     data = DataConfig(img_size=SIZE)
     geometry = build_eval_transform(data)
-    store = EvalCrops(faces, (SIZE, SIZE, 3), geometry.signature, tmp_path)
+    store = EvalCrops(faces, geometry, {}, tmp_path)
     cached = ImageDataset(faces, None, geometry, crop_store=store)
     plain = ImageDataset(faces, None, geometry)
     for _ in range(2):
