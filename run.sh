@@ -5,6 +5,7 @@
 #   ./run.sh audit [--shift]                              shortcut audit, or the train-vs-test shift check
 #   ./run.sh folds|ensemble|submit|audit|shift|leaderboard|predict|report|explain|serve [args]   python -m competition.<that>
 #   ./run.sh exp001 --devices 0,1 | --folds 0,1 --no-assemble; ./run.sh assemble exp001   folds in parallel
+#   ./run.sh kaggle push|status|pull exp001; ./run.sh bundle exp001 DIR; ./run.sh export exp001 [--fp16]   Kaggle, offline, ONNX
 # Python: $KIT_PYTHON if set (e.g. KIT_PYTHON=python3 on a machine that already has torch/timm),
 # else .venv, created from requirements.txt on first use and refreshed when requirements.txt changes.
 set -euo pipefail
@@ -36,7 +37,7 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 cmd="${1:-}"
-[[ -n "$cmd" ]] || { sed -n '2,6p' "$0"; exit 2; }
+[[ -n "$cmd" ]] || { sed -n '2,7p' "$0"; exit 2; }
 shift
 case "$cmd" in
   test) exec "$PY" -m pytest tests "$@" ;;
@@ -46,5 +47,7 @@ case "$cmd" in
     exec "$PY" -m "competition.$check" ${args[@]+"${args[@]}"} ;;
   folds|ensemble|submit|shift|leaderboard|predict|report|explain|serve) exec "$PY" -m "competition.$cmd" "$@" ;;
   assemble) exec "$PY" -m competition.experiment "$@" --assemble ;;
+  kaggle) exec "$PY" -m competition.kernel "$@" ;;
+  bundle|export) exec "$PY" -m "competition.$cmd" "$@" ;;
   *) exec "$PY" -m competition.experiment "$cmd" "$@" ;;
 esac

@@ -13,6 +13,7 @@ import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -144,11 +145,22 @@ def predict_experiment(exp: Experiment, paths: list[str], device: torch.device) 
     """Fold-averaged TTA probabilities for image paths and the decode error per path ('' when fine)."""
     dataset = eval_dataset(exp.cfg, paths)
     t0 = time.perf_counter()
-    runs = [predict_dataset(m, dataset, exp.cfg, device, exp.prior, desc=f"{exp.name} fold model {k}")
-            for k, m in enumerate(exp.models)]
+    run = predict_dataset(FoldMean(exp.models), dataset, exp.cfg, device, exp.prior, desc=f"{exp.name} folds")
     exp.timing["predict"] = exp.timing.get("predict", 0.0) + time.perf_counter() - t0
-    errors = runs[0].errors
-    return np.mean([r.prob for r in runs], axis=0), [errors.get(i, "") for i in range(len(paths))]
+    return run.prob, [run.errors.get(i, "") for i in range(len(paths))]
+
+
+class FoldMean(torch.nn.Module):
+    """Every fold model on the same batch: the logit of their mean probability, so each image is decoded and
+    cut once for all folds (decoding per fold made `predict` 5x slower on small images; benchmarks/onnx_speed.py)."""
+
+    def __init__(self, models: list[Detector]):
+        super().__init__()
+        self.models = torch.nn.ModuleList(models)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        prob = torch.stack([torch.sigmoid(m(images).double()) for m in self.models]).mean(0)
+        return torch.logit(prob.clamp(1e-12, 1 - 1e-12)).float()
 
 
 def predict_image(exp: Experiment, image: np.ndarray) -> float:
@@ -159,3 +171,47 @@ def predict_image(exp: Experiment, image: np.ndarray) -> float:
     return float(np.mean([predict_views(m, batch.to(next(m.parameters()).device), transforms,
                                         max_batch=forward_cap(exp.cfg)).mean() for m in exp.models]))
 
+
+
+def onnx_session(path: Path, threads: int = 0):
+    """An ONNX Runtime CPU session (threads 0 = ORT's default: one per core)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_file(project: Project, name: str, fp16: bool = False) -> Path:
+    """experiments/<name>/export/model[.fp16].onnx, written by `./run.sh export` (refused with the fix otherwise)."""
+    path = project.experiment_dir(name) / "export" / ("model.fp16.onnx" if fp16 else "model.onnx")
+    if not path.is_file():
+        raise ConfigError(f"{path} not found - run `./run.sh export {name}{' --fp16' if fp16 else ''}` first")
+    return path
+
+
+def predict_onnx(project: Project, name: str, paths: list[str], fp16: bool = False,
+                 threads: int = 0) -> tuple[np.ndarray, list[str], dict]:
+    """`predict_experiment` through ONNX Runtime: the exported fold-and-view-averaged model on the experiment's eval
+    geometry (crops / tiles averaged per image); (probabilities, decode errors, timings {load, predict})."""
+    out = project.experiment_dir(name)
+    cfg = load_saved_config(out / "config.yaml")
+    t0 = time.perf_counter()
+    session = onnx_session(onnx_file(project, name, fp16), threads)
+    oof_file = out / "oof.csv"
+    prior = float(pd.read_csv(oof_file)["target"].mean()) if oof_file.is_file() else 0.5
+    load_s, t1 = time.perf_counter() - t0, time.perf_counter()
+    loader = make_loader(eval_dataset(cfg, paths), cfg, torch.device("cpu"), train=False)
+    prob, errors = np.full(len(paths), np.nan), [""] * len(paths)
+    for images, _, index, error in tqdm(loader, desc=f"{name} onnx", leave=False, mininterval=2):
+        crops = images.shape[1] if images.ndim == 5 else 1
+        flat = images.flatten(0, 1) if images.ndim == 5 else images
+        p = session.run(None, {"images": flat.numpy()})[0].reshape(len(images), crops).mean(1)
+        idx = index.numpy()
+        prob[idx] = p
+        for i, err in zip(idx, error):
+            if err:
+                prob[i], errors[i] = prior, err
+    return prob, errors, {"load": load_s, "predict": time.perf_counter() - t1}

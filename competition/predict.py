@@ -2,6 +2,7 @@
 
     python -m competition.predict exp001 PATH [PATH ...] [--csv out.csv]
     python -m competition.predict submissions/<blend>.json PATH ...
+    python -m competition.predict exp001 PATH ... --onnx [--fp16]   (the exported model, through onnxruntime)
 
 PATHs are images or folders (searched recursively). One line per image: path, probability that it is
 AI-generated, and the label at the saved threshold. A blend is the one `ensemble` saved (competition.blend):
@@ -12,6 +13,7 @@ get no label (-1 in the CSV); no path is ever dropped.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -25,7 +27,7 @@ from competition.atomic import write_csv
 from competition.blend import load_blend
 from competition.config import ConfigError, is_override
 from competition.errors import DataError
-from competition.inference import load_experiment, predict_experiment
+from competition.inference import load_experiment, predict_experiment, predict_onnx
 from competition.model import pick_device
 from competition.project import Project
 from competition.tables import list_images
@@ -57,6 +59,17 @@ def predict_paths(project: Project, target: str, paths: list[str], device: torch
     return frame, timing
 
 
+def predict_paths_onnx(project: Project, name: str, paths: list[str], fp16: bool = False) -> tuple[pd.DataFrame, dict]:
+    """predict_paths through the experiment's exported ONNX model (`./run.sh export`): same columns, same threshold."""
+    if name.endswith(".json"):
+        raise ConfigError("--onnx predicts with one experiment's exported model; a blend has no ONNX export")
+    prob, errors, timing = predict_onnx(project, name, paths, fp16)
+    metrics = project.experiment_dir(name) / "metrics.json"
+    threshold = float(json.loads(metrics.read_text()).get("threshold", 0.5)) if metrics.is_file() else 0.5
+    label = np.where([e == "" for e in errors], (prob >= threshold).astype(int), -1)
+    return pd.DataFrame({"path": paths, "prob": prob, "label": label, "error": errors}), {**timing, "threshold": threshold}
+
+
 def print_predictions(frame: pd.DataFrame) -> None:
     """One tab-separated line per image: path, probability, label (kind), and why when unreadable."""
     for row in frame.itertuples():
@@ -73,6 +86,8 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("model", help="experiment name, or a blend's submissions/<name>.json")
     parser.add_argument("paths", nargs="+", help="images or folders")
     parser.add_argument("--csv", type=Path, help="also write path,prob,label,error to this CSV")
+    parser.add_argument("--onnx", action="store_true", help="run the exported ONNX model (./run.sh export) with onnxruntime")
+    parser.add_argument("--fp16", action="store_true", help="with --onnx: the half-precision export")
     args = parser.parse_args(argv)
     project = project or Project.from_env()
 
@@ -82,7 +97,10 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
         paths = expand_paths(args.paths)
         if not paths:
             raise DataError(f"no images found in {args.paths}")
-        frame, timing = predict_paths(project, args.model, paths, pick_device(args.device))
+        if args.onnx:
+            frame, timing = predict_paths_onnx(project, args.model, paths, args.fp16)
+        else:
+            frame, timing = predict_paths(project, args.model, paths, pick_device(args.device))
         print_predictions(frame)
         if args.csv:
             write_csv(args.csv, frame)

@@ -10,29 +10,23 @@ argument list (no shell), so no user string is ever interpreted by a shell.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from competition import cli
+from competition import cli, kaggle_cli
 from competition.config import CompetitionConfig, load_config
 from competition.errors import KitError
+from competition.kaggle_cli import KaggleError
 from competition.project import Project
 from competition.submission import SubmissionError, validate_submission
 
 log = logging.getLogger(__name__)
 
 
-class UploadError(KitError, RuntimeError):
-    """The upload failed; the message says why and what to do."""
-
-
 def explain_failure(output: str, slug: str) -> str:
-    """Map kaggle CLI failure output to a message saying what to do (credentials never echoed)."""
+    """Map kaggle CLI upload failure output to a message saying what to do (credentials never echoed)."""
     text = output.lower()
     if "kaggle.json" in text or "could not find" in text and "credential" in text or "401" in text \
             or "unauthorized" in text:
@@ -51,36 +45,20 @@ def explain_failure(output: str, slug: str) -> str:
 
 
 SUCCESS = "successfully submitted"  # what kaggle 1.x/2.x print on a good upload; the only success signal trusted
-TIMEOUT_S = float(os.environ.get("KIT_KAGGLE_TIMEOUT", "300"))  # seconds to wait for the kaggle CLI
 
 
 def upload(path: Path, message: str, slug: str, kaggle: str = "kaggle") -> str:
-    """Run `kaggle competitions submit`; return its output, or raise UploadError with advice.
+    """Run `kaggle competitions submit`; return its output, or raise KaggleError with advice.
 
     Success is decided by the CLI's success line, never by the absence of the word "error": kaggle 2.x exits 0
     after "Could not submit to competition", and a good upload's output may contain "error" in a title."""
-    exe = shutil.which(kaggle)
-    if exe is None:
-        raise UploadError("the kaggle CLI is not installed in this environment: pip install kaggle six")
     if not slug:
-        raise UploadError("competition.slug is empty in competition.yaml: set it to the competition's URL name")
-    cmd = [exe, "competitions", "submit", "-c", slug, "-f", str(path), "-m", message]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=TIMEOUT_S,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise UploadError(f"the kaggle CLI gave no answer in {TIMEOUT_S:g} s; the upload MAY have gone through - check "
-                          f"the Submissions page of '{slug}' before submitting again (daily quota)") from None
-    output = _redact((proc.stdout or "") + (proc.stderr or ""))
-    if proc.returncode != 0 or SUCCESS not in output.lower():
-        raise UploadError(explain_failure(output, slug))
+        raise KaggleError("competition.slug is empty in competition.yaml: set it to the competition's URL name")
+    code, output = kaggle_cli.run(["competitions", "submit", "-c", slug, "-f", str(path), "-m", message],
+                                  f"the upload to '{slug}'", kaggle, check=False)
+    if code != 0 or SUCCESS not in output.lower():
+        raise KaggleError(explain_failure(output, slug))
     return output.strip()
-
-
-def _redact(text: str) -> str:
-    """The CLI's output with the Kaggle key masked."""
-    key = os.environ.get("KAGGLE_KEY")
-    return text.replace(key, "***") if key else text
 
 
 def read_submission(path: Path, comp: CompetitionConfig) -> pd.DataFrame:

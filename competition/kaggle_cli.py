@@ -1,0 +1,110 @@
+"""The one way the kit runs the kaggle CLI: an argument list (never a shell string), a timeout, credentials
+masked in everything it returns, and failures turned into one message that says what to do.
+
+Used by `competition.submit` (uploads) and `competition.kernel` (datasets, kernels, outputs). The kaggle CLI
+(2.x) reads credentials itself: ~/.kaggle/kaggle.json (or $KAGGLE_CONFIG_DIR), KAGGLE_USERNAME / KAGGLE_KEY,
+or KAGGLE_API_TOKEN / ~/.kaggle/access_token. The kit never reads a key except to mask it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from competition.errors import KitError
+
+log = logging.getLogger(__name__)
+TIMEOUT_S = float(os.environ.get("KIT_KAGGLE_TIMEOUT", "300"))  # seconds to wait for one kaggle CLI call
+
+
+class KaggleError(KitError, RuntimeError):
+    """A kaggle CLI call failed; the message says why and what to do."""
+
+
+def config_dir() -> Path:
+    """Where the kaggle CLI keeps kaggle.json / access_token."""
+    return Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+
+
+def secrets() -> list[str]:
+    """Every credential value this process could see, for masking (never printed, never logged)."""
+    found = [os.environ.get(k, "") for k in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")]
+    try:
+        found.append(str(json.loads((config_dir() / "kaggle.json").read_text()).get("key", "")))
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        found.append((config_dir() / "access_token").read_text().strip())
+    except OSError:
+        pass
+    return [s for s in found if len(s) >= 6]
+
+
+def redact(text: str) -> str:
+    """text with every known credential replaced by ***."""
+    for secret in secrets():
+        text = text.replace(secret, "***")
+    return text
+
+
+def username(explicit: str = "") -> str:
+    """The Kaggle user that owns datasets and kernels: --user, else KAGGLE_USERNAME, else kaggle.json's username."""
+    if explicit:
+        return explicit
+    if os.environ.get("KAGGLE_USERNAME"):
+        return os.environ["KAGGLE_USERNAME"]
+    try:
+        name = json.loads((config_dir() / "kaggle.json").read_text()).get("username", "")
+    except (OSError, ValueError, AttributeError):
+        name = ""
+    if not name:
+        raise KaggleError("no Kaggle user name: set KAGGLE_USERNAME, put kaggle.json (kaggle.com > Settings > API) in "
+                          "~/.kaggle/, or pass --user NAME")
+    return name
+
+
+def explain_failure(output: str, what: str) -> str:
+    """Map kaggle CLI failure output to a message saying what to do (output already redacted)."""
+    text = output.lower()
+    if "kaggle.json" in text or "could not find" in text and "credential" in text or "401" in text \
+            or "unauthorized" in text or "authentication required" in text:
+        return ("no valid Kaggle credentials: put kaggle.json (from kaggle.com > Settings > API > Create New Token) "
+                "in ~/.kaggle/ with mode 600, or set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN)")
+    if "403" in text or "forbidden" in text:
+        return (f"403 Forbidden for {what}: accept the competition's rules on its Kaggle page (Join Competition) and "
+                f"check the slug / user name")
+    if "404" in text or "not found" in text:
+        return f"404: {what} not found - check the slug (competition.slug in competition.yaml) and the user name"
+    if "400" in text or "bad request" in text:
+        return (f"400 Bad Request for {what}: Kaggle refused the request (daily limit, metadata, or file format); "
+                f"the CLI said: {_last_line(output)}")
+    return f"{what} failed: {_last_line(output)}"
+
+
+def _last_line(output: str) -> str:
+    return output.strip().splitlines()[-1][:300] if output.strip() else "no output"
+
+
+def run(args: list[str], what: str, kaggle: str = "kaggle", check: bool = True,
+        timeout: float | None = None) -> tuple[int, str]:
+    """Run `kaggle ARGS`; return (exit code, redacted stdout+stderr). check=True raises KaggleError on a non-zero
+    exit. The kaggle CLI must be on PATH (pip install kaggle six)."""
+    exe = shutil.which(kaggle)
+    if exe is None:
+        raise KaggleError("the kaggle CLI is not installed in this environment: pip install kaggle six")
+    timeout = timeout or TIMEOUT_S
+    log.info("kaggle %s", " ".join(args))
+    try:
+        proc = subprocess.run([exe, *args], capture_output=True, text=True, env=os.environ.copy(), timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise KaggleError(f"the kaggle CLI gave no answer in {timeout:g} s ({what}); it MAY have gone through - check "
+                          f"on kaggle.com before retrying") from None
+    output = redact((proc.stdout or "") + (proc.stderr or ""))
+    if check and proc.returncode != 0:
+        raise KaggleError(explain_failure(output, what))
+    return proc.returncode, output
