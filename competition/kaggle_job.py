@@ -92,12 +92,11 @@ def gpu_count() -> int:
         return 0
 
 
-def train(weights: Path, data: Path, home: Path, scratch: Path, s: dict) -> int:
+def train(weights: Path, data: Path, home: Path, scratch: Path, s: dict, gpus: int) -> int:
     """Run the experiment (one fold per GPU when there are several); return its exit code."""
     overrides = [f"competition.data_dir={data}", f"model.weights_dir={weights}", f"data.cache_dir={scratch / 'cache'}"]
     if s.get("pretrained_file"):
         overrides.append(f"model.pretrained_file={weights / s['pretrained_file']}")
-    gpus = gpu_count()
     devices = ["--devices", ",".join(map(str, range(gpus)))] if gpus > 1 else []
     cmd = [sys.executable, "-m", "competition.experiment", s["experiment"], *overrides, *devices]
     env = {**os.environ, "KIT_HOME": str(home), "PYTHONPATH": str(home), "OMP_WAIT_POLICY": "PASSIVE"}
@@ -133,12 +132,12 @@ def run_job() -> int:
     install(bundle, parts["wheels"])
     home = scratch / "kit"
     shutil.copytree(parts["kit"], home)
-    t0, code = time.time(), 1
+    t0, code, gpus = time.time(), 1, gpu_count()
     try:
-        code = train(parts["weights"], data, home, scratch, s)
+        code = train(parts["weights"], data, home, scratch, s, gpus)
     finally:
         meta = {"experiment": s["experiment"], "returncode": code, "minutes": round((time.time() - t0) / 60, 2),
-                "gpus": gpu_count(), "python": sys.version.split()[0]}
+                "gpus": gpus, "python": sys.version.split()[0]}
         log(f"packed {pack(home, working, s['experiment'], meta)} (exit {code})")
     return code
 

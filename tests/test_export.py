@@ -61,10 +61,27 @@ def test_verification_catches_a_model_that_differs(images, tmp_path):
 def test_an_exporter_that_cannot_verify_leaves_no_file(images, tmp_path, monkeypatch):
     import competition.export as export
 
-    monkeypatch.setattr(export, "FP32_TOL", -1.0)  # no file can verify
-    with pytest.raises(ExportError, match="no exporter produced a verified model"):
+    def broken(*args):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(export, "export_dynamo", broken)
+    monkeypatch.setattr(export, "FP32_TOL", -1.0)  # the legacy file exists but cannot verify
+    with pytest.raises(ExportError, match="legacy: ExportError: max .prob difference.*dynamo: RuntimeError"):
         export_verified(Averaged([detector("regnetx_002")]), images[:8], tmp_path / "m.onnx", opset=17)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dynamo_exporter_takes_over_when_the_legacy_one_fails(images, tmp_path, monkeypatch):
+    import competition.export as export
+
+    def broken(*args):
+        raise RuntimeError("legacy exporter removed")
+
+    monkeypatch.setattr(export, "export_legacy", broken)
+    model = Averaged([detector("regnetx_002")])
+    info = export_verified(model, images[:16], tmp_path / "m.onnx", opset=17)
+    assert info["exporter"] == "dynamo" and info["opset"] >= 18 and info["max_abs_diff"] <= FP32_TOL
+    assert max_difference(tmp_path / "m.onnx", model, images[16:40]) <= FP32_TOL
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, make_competition, smoke_experiment
+from tests.conftest import REPO, call_kit, make_competition, smoke_experiment
 
 KEY = "topsecret-kaggle-key-123"
 FAKE = r'''#!/usr/bin/env python3
@@ -190,16 +190,15 @@ def test_pull_of_incomplete_outputs_is_refused_naming_what_is_missing(kaggle_env
     assert not (home / "experiments" / "exp_k").exists()
 
 
-def test_push_needs_a_competition_slug_and_a_user(tmp_path):
+def test_push_needs_a_competition_slug_and_a_user(tmp_path, monkeypatch):
     home = make_competition(tmp_path / "home")
     smoke_experiment(home, "exp_s")
-    env = {**os.environ, "KIT_HOME": str(home), "PYTHONPATH": str(REPO), "KAGGLE_CONFIG_DIR": str(tmp_path / "none")}
-    env.pop("KAGGLE_USERNAME", None)
-    run = lambda: subprocess.run([sys.executable, "-m", "competition.kernel", "push", "exp_s"], env=env,  # noqa: E731
-                                 capture_output=True, text=True, timeout=300)
-    proc = run()
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "none"))
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    proc = call_kit(home, "competition.kernel", "push", "exp_s", check=False)
     assert proc.returncode == 2 and "competition.slug is empty" in proc.stderr and "Traceback" not in proc.stderr
     text = (home / "competition.yaml").read_text().replace("name: tiny", "name: tiny\n  slug: tiny-comp")
     (home / "competition.yaml").write_text(text)
-    proc = run()
+    proc = call_kit(home, "competition.kernel", "push", "exp_s", check=False)
     assert proc.returncode == 2 and "KAGGLE_USERNAME" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (home / ".cache" / "kaggle").exists()  # refused before anything was built
