@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from competition.errors import KitError
@@ -89,13 +90,20 @@ def _last_line(output: str) -> str:
     return output.strip().splitlines()[-1][:300] if output.strip() else "no output"
 
 
+def find_cli(kaggle: str = "kaggle") -> str:
+    """The kaggle executable: on PATH, else beside this interpreter (run.sh uses .venv/bin/python without
+    putting .venv/bin on PATH)."""
+    exe = shutil.which(kaggle) or shutil.which(kaggle, path=str(Path(sys.executable).parent))
+    if exe is None:
+        raise KaggleError("the kaggle CLI is not installed in this environment: pip install kaggle six")
+    return exe
+
+
 def run(args: list[str], what: str, kaggle: str = "kaggle", check: bool = True,
         timeout: float | None = None) -> tuple[int, str]:
     """Run `kaggle ARGS`; return (exit code, redacted stdout+stderr). check=True raises KaggleError on a non-zero
     exit. The kaggle CLI must be on PATH (pip install kaggle six)."""
-    exe = shutil.which(kaggle)
-    if exe is None:
-        raise KaggleError("the kaggle CLI is not installed in this environment: pip install kaggle six")
+    exe = find_cli(kaggle)
     timeout = timeout or TIMEOUT_S
     log.info("kaggle %s", " ".join(args))
     try:

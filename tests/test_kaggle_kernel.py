@@ -202,3 +202,10 @@ def test_push_needs_a_competition_slug_and_a_user(tmp_path, monkeypatch):
     proc = call_kit(home, "competition.kernel", "push", "exp_s", check=False)
     assert proc.returncode == 2 and "KAGGLE_USERNAME" in proc.stderr and "Traceback" not in proc.stderr
     assert not (home / ".cache" / "kaggle").exists()  # refused before anything was built
+
+
+def test_the_kaggle_cli_is_found_beside_the_interpreter_when_not_on_path(tmp_path, monkeypatch):
+    from competition.kaggle_cli import find_cli
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # run.sh runs .venv/bin/python without .venv/bin on PATH
+    assert Path(find_cli()) == Path(sys.executable).parent / "kaggle"
