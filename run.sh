@@ -3,7 +3,7 @@
 #   ./run.sh exp001 [section.key=value ...] [--restart]   train every fold, OOF + TTA test preds, leaderboard
 #   ./run.sh test [pytest args]                           the test suite (what .ci/run calls)
 #   ./run.sh audit [--shift]                              shortcut audit, or the train-vs-test shift check
-#   ./run.sh folds|ensemble|submit|audit|shift|leaderboard|predict|report|explain|serve [args]   python -m competition.<that>
+#   ./run.sh folds|ensemble|submit|audit|shift|leaderboard|predict|report|explain|serve|compare [args]   python -m competition.<that>
 #   ./run.sh exp001 --devices 0,1 | --folds 0,1 --no-assemble; ./run.sh assemble exp001   folds in parallel
 #   ./run.sh kaggle push|status|pull exp001; ./run.sh bundle exp001 DIR; ./run.sh export exp001 [--fp16]   Kaggle, offline, ONNX
 # Python: $KIT_PYTHON if set (e.g. KIT_PYTHON=python3 on a machine that already has torch/timm),
@@ -45,7 +45,7 @@ case "$cmd" in
     args=(); check=audit
     for a in "$@"; do if [[ "$a" == "--shift" ]]; then check=shift; else args+=("$a"); fi; done
     exec "$PY" -m "competition.$check" ${args[@]+"${args[@]}"} ;;
-  folds|ensemble|submit|shift|leaderboard|predict|report|explain|serve) exec "$PY" -m "competition.$cmd" "$@" ;;
+  folds|ensemble|submit|shift|leaderboard|predict|report|explain|serve|compare) exec "$PY" -m "competition.$cmd" "$@" ;;
   assemble) exec "$PY" -m competition.experiment "$@" --assemble ;;
   kaggle) exec "$PY" -m competition.kernel "$@" ;;
   bundle|export) exec "$PY" -m "competition.$cmd" "$@" ;;

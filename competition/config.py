@@ -115,8 +115,14 @@ class TrainConfig:
     epochs: Annotated[int, Range(ge=1)] = 10  # maximum epochs per fold
     batch_size: Annotated[int, Range(ge=1)] = 64  # images per optimizer micro-step
     accum_steps: Annotated[int, Range(ge=1)] = 1  # gradient accumulation: effective batch = batch_size * accum_steps
-    lr: Annotated[float, Range(gt=0.0, le=10.0)] = 1e-3  # peak AdamW learning rate
-    weight_decay: Annotated[float, Range(ge=0.0)] = 1e-2  # AdamW weight decay
+    optimizer: str = "adamw"  # any timm optimizer (timm.optim.list_optimizers(): adamw, sgd, lamb, lion, ...),
+    # built by timm.optim.create_optimizer_v2; no weight decay on biases and norms
+    lr: Annotated[float, Range(gt=0.0, le=10.0)] = 1e-3  # peak learning rate (of the head, with layer_decay)
+    weight_decay: Annotated[float, Range(ge=0.0)] = 1e-2  # decoupled weight decay (AdamW) / L2 (SGD)
+    layer_decay: Annotated[float, Range(ge=0.0, le=1.0)] = 0.0  # layer-wise LR decay: the head trains at lr, each
+    # block below it at layer_decay x the block above (timm's group_matcher); 0 = off (one lr for all)
+    loss: Literal["bce", "focal"] = "bce"  # bce: binary cross-entropy; focal: BCE x (1 - p_t)^focal_gamma
+    focal_gamma: Annotated[float, Range(ge=0.0)] = 2.0  # focal loss: how strongly easy images are down-weighted
     warmup_epochs: Annotated[float, Range(ge=0.0)] = 0.5  # linear warmup length, then cosine decay to min_lr
     min_lr: Annotated[float, Range(ge=0.0)] = 1e-6  # floor of the cosine schedule (<= lr)
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
@@ -127,6 +133,8 @@ class TrainConfig:
     # recomputed forward updates BatchNorm running statistics a second time, so results differ slightly
     ema: bool = False  # keep an exponential moving average of weights and validate with it
     ema_decay: Annotated[float, Range(gt=0.0, lt=1.0)] = 0.999  # EMA decay per optimizer step
+    ema_warmup: bool = False  # EMA decay ramps up, 1 - (1 + step)^(-2/3) capped at ema_decay (timm ModelEmaV3), so the
+    # average follows the model early on instead of holding the random start for ~1/(1 - ema_decay) steps
     patience: Annotated[int, Range(ge=0)] = 3  # early stopping: epochs without validation improvement (0 = off)
     select_by: Literal["auto", "logloss", "auc", "metric"] = "auto"  # picks epochs/best checkpoint; auto: logloss
     # for threshold metrics (f1, accuracy: a step function at a fixed cut), else the competition metric
@@ -352,6 +360,7 @@ def validate(cfg: Config, where: str, project: Project, check_model: bool = True
         raise ConfigError(f"{where}: `train.min_lr: {cfg.train.min_lr:g}` is above `train.lr: {cfg.train.lr:g}`; "
                           f"the schedule decays from lr down to min_lr")
     _validate_encoding(cfg.data.normalize_encoding, where)
+    _validate_optimizer(cfg.train.optimizer, where)
     if cfg.tta.tiles and cfg.tta.crops != 1:
         raise ConfigError(f"{where}: `tta.tiles: {cfg.tta.tiles}` and `tta.crops: {cfg.tta.crops}` are two eval "
                           f"geometries; keep one (tiles cover the image, crops: 5 takes its corners)")
@@ -368,6 +377,17 @@ def validate(cfg: Config, where: str, project: Project, check_model: bool = True
     if check_model:
         _validate_model(cfg.model, where, project)
         _validate_input_size(cfg, where)
+
+
+def _validate_optimizer(name: str, where: str) -> None:
+    """train.optimizer must be a timm optimizer name."""
+    from timm.optim import list_optimizers  # imported here: config loading does not need timm otherwise
+
+    known = list_optimizers()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3)
+        raise ConfigError(f"{where}: `train.optimizer: {name}` is not a timm optimizer"
+                          f"{' (close: ' + ', '.join(close) + ')' if close else ''}; see timm.optim.list_optimizers()")
 
 
 def _validate_encoding(spec: dict, where: str) -> None:

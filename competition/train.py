@@ -1,5 +1,5 @@
-"""Training of one fold: AdamW + warmup/cosine, AMP on CUDA, channels_last, gradient accumulation,
-EMA, early stopping on the fold's validation metric, and per-epoch checkpoints that resume exactly.
+"""Training of one fold: a timm optimizer (AdamW by default; layer-wise LR decay) + warmup/cosine, BCE or
+focal loss, AMP on CUDA, channels_last, gradient accumulation, EMA, early stopping on the fold's validation metric, and per-epoch checkpoints that resume exactly.
 
 Outputs in `experiments/<exp>/fold{k}/`: `last.pt` (full training state, every epoch), `best.pt`
 (self-describing: weights + config + score), `log.csv` (one row per epoch).
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from timm.optim import param_groups_weight_decay
+from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
@@ -152,9 +152,9 @@ def train_one_epoch(state: TrainState, runner: torch.nn.Module, loader: DataLoad
         target = torch.nan_to_num(target) * (1 - smooth) + 0.5 * smooth
         with autocast():
             logits = runner(images).float()
-        loss = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum()
-        loss = loss / weight.sum().clamp(min=1.0)
-        state.scaler.scale(loss / accum).backward()
+        loss = (per_image_loss(logits, target, cfg) * weight).sum() / weight.sum().clamp(min=1.0)
+        group = min(accum, len(loader) - step // accum * accum)  # micro-steps in this group (the last may be short)
+        state.scaler.scale(loss / group).backward()
         if (step + 1) % accum == 0 or step + 1 == len(loader):
             _optimizer_step(state, cfg.train.clip_grad)
         loss_sum += loss.detach() * len(images)
@@ -165,6 +165,27 @@ def train_one_epoch(state: TrainState, runner: torch.nn.Module, loader: DataLoad
     elapsed = time.perf_counter() - start
     return {"train_loss": loss_sum.item() / max(seen, 1), "train_img_s": seen / elapsed,
             "data_wait": wait / elapsed if elapsed else 0.0}
+
+
+def per_image_loss(logits: torch.Tensor, target: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """The configured loss per image: BCE, or focal (BCE x (1 - p_t)^gamma, easy images down-weighted)."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if cfg.train.loss == "bce":
+        return bce
+    p = torch.sigmoid(logits)
+    p_t = p * target + (1 - p) * (1 - target)
+    return bce * (1 - p_t).pow(cfg.train.focal_gamma)
+
+
+def build_optimizer(model: Detector, cfg: Config) -> torch.optim.Optimizer:
+    """timm's optimizer factory on the backbone (the Detector's own tensors are buffers): no decay on biases and
+    norms; with train.layer_decay, per-layer rates baked into each group's lr (the schedule scales them)."""
+    layer_decay = cfg.train.layer_decay or None
+    optimizer = create_optimizer_v2(model.backbone, cfg.train.optimizer, lr=cfg.train.lr,
+                                    weight_decay=cfg.train.weight_decay, layer_decay=layer_decay)
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.train.lr * group.get("lr_scale", 1.0)
+    return optimizer
 
 
 def _optimizer_step(state: TrainState, clip_grad: float = 0.0) -> bool:
@@ -180,8 +201,8 @@ def _optimizer_step(state: TrainState, clip_grad: float = 0.0) -> bool:
     stepped = scale is None or state.scaler.get_scale() >= scale  # the scale drops exactly when a step is skipped
     if stepped:
         state.scheduler.step()
-        if state.ema is not None:
-            state.ema.update(state.model)
+        if state.ema is not None:  # with warmup, the decay follows the optimizer step count (the schedule's)
+            state.ema.update(state.model, step=state.scheduler.last_epoch if state.ema.use_warmup else None)
     return stepped
 
 
@@ -210,11 +231,11 @@ def new_state(cfg: Config, fold: int, steps_per_epoch: int, device: torch.device
         set_grad_checkpointing(model, cfg.model.name)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, math.ceil(steps_per_epoch / cfg.train.accum_steps))
     dtype = amp_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ema = ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
+    ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup) if cfg.train.ema else None
     return TrainState(model, optimizer, scheduler, scaler, ema, dtype)
 
 
