@@ -135,32 +135,42 @@ def load_experiment(project: Project, name: str, device: torch.device) -> Experi
     cfg = load_saved_config(out / "config.yaml")
     t0 = time.perf_counter()
     models = [load_detector(ckpt, device, project) for ckpt in checkpoints]
+    return Experiment(name, cfg, models, *threshold_and_prior(out), time.perf_counter() - t0)
+
+
+def threshold_and_prior(out: Path) -> tuple[float, float]:
+    """An experiment's OOF-chosen threshold (metrics.json) and training share of AI images (the fallback
+    prediction for undecodable images); 0.5 each when the files are missing."""
     metrics_file, oof_file = out / "metrics.json", out / "oof.csv"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     prior = float(pd.read_csv(oof_file)["target"].mean()) if oof_file.is_file() else 0.5
-    return Experiment(name, cfg, models, float(metrics.get("threshold", 0.5)), prior, time.perf_counter() - t0)
+    return float(metrics.get("threshold", 0.5)), prior
 
 
 def predict_experiment(exp: Experiment, paths: list[str], device: torch.device) -> tuple[np.ndarray, list[str]]:
     """Fold-averaged TTA probabilities for image paths and the decode error per path ('' when fine)."""
     dataset = eval_dataset(exp.cfg, paths)
     t0 = time.perf_counter()
-    run = predict_dataset(FoldMean(exp.models), dataset, exp.cfg, device, exp.prior, desc=f"{exp.name} folds")
+    run = predict_dataset(Averaged(exp.models, as_logit=True), dataset, exp.cfg, device, exp.prior, desc=f"{exp.name} folds")
     exp.timing["predict"] = exp.timing.get("predict", 0.0) + time.perf_counter() - t0
     return run.prob, [run.errors.get(i, "") for i in range(len(paths))]
 
 
-class FoldMean(torch.nn.Module):
-    """Every fold model on the same batch: the logit of their mean probability, so each image is decoded and
-    cut once for all folds (decoding per fold made `predict` 5x slower on small images; benchmarks/onnx_speed.py)."""
+class Averaged(torch.nn.Module):
+    """uint8 images -> the mean over fold models and TTA views of sigmoid(logit): one probability per image.
+    as_logit=True returns the logit of that mean (computed in float64), what `predict` expects of a model, so
+    each image is decoded and cut once for all folds (benchmarks/onnx_speed.py); `export` writes it to ONNX."""
 
-    def __init__(self, models: list[Detector]):
+    def __init__(self, models: list[Detector], views: str = "identity", as_logit: bool = False):
         super().__init__()
         self.models = torch.nn.ModuleList(models)
+        self.views = tta_views(views)
+        self.as_logit = as_logit
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        prob = torch.stack([torch.sigmoid(m(images).double()) for m in self.models]).mean(0)
-        return torch.logit(prob.clamp(1e-12, 1 - 1e-12)).float()
+        dtype = torch.float64 if self.as_logit else torch.float32
+        prob = torch.stack([torch.sigmoid(m(view(images)).to(dtype)) for m in self.models for view in self.views]).mean(0)
+        return torch.logit(prob.clamp(1e-12, 1 - 1e-12)).float() if self.as_logit else prob
 
 
 def predict_image(exp: Experiment, image: np.ndarray) -> float:
@@ -195,13 +205,12 @@ def onnx_file(project: Project, name: str, fp16: bool = False) -> Path:
 def predict_onnx(project: Project, name: str, paths: list[str], fp16: bool = False,
                  threads: int = 0) -> tuple[np.ndarray, list[str], dict]:
     """`predict_experiment` through ONNX Runtime: the exported fold-and-view-averaged model on the experiment's eval
-    geometry (crops / tiles averaged per image); (probabilities, decode errors, timings {load, predict})."""
+    geometry (crops / tiles averaged per image); (probabilities, decode errors, timings {load, predict, threshold})."""
     out = project.experiment_dir(name)
     cfg = load_saved_config(out / "config.yaml")
     t0 = time.perf_counter()
     session = onnx_session(onnx_file(project, name, fp16), threads)
-    oof_file = out / "oof.csv"
-    prior = float(pd.read_csv(oof_file)["target"].mean()) if oof_file.is_file() else 0.5
+    threshold, prior = threshold_and_prior(out)
     load_s, t1 = time.perf_counter() - t0, time.perf_counter()
     loader = make_loader(eval_dataset(cfg, paths), cfg, torch.device("cpu"), train=False)
     prob, errors = np.full(len(paths), np.nan), [""] * len(paths)
@@ -214,4 +223,4 @@ def predict_onnx(project: Project, name: str, paths: list[str], fp16: bool = Fal
         for i, err in zip(idx, error):
             if err:
                 prob[i], errors[i] = prior, err
-    return prob, errors, {"load": load_s, "predict": time.perf_counter() - t1}
+    return prob, errors, {"load": load_s, "predict": time.perf_counter() - t1, "threshold": threshold}

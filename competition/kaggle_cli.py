@@ -68,25 +68,38 @@ def username(explicit: str = "") -> str:
     return name
 
 
-def explain_failure(output: str, what: str) -> str:
-    """Map kaggle CLI failure output to a message saying what to do (output already redacted)."""
+CREDENTIALS = ("no valid Kaggle credentials: put kaggle.json (from kaggle.com > Settings > API > Create New Token) in "
+               "~/.kaggle/ with mode 600, or set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN)")
+
+
+def failure_kind(output: str) -> str:
+    """What a failed call's output says went wrong: credentials | 403 | 404 | 400 | '' (unrecognised)."""
     text = output.lower()
     if "kaggle.json" in text or "could not find" in text and "credential" in text or "401" in text \
             or "unauthorized" in text or "authentication required" in text:
-        return ("no valid Kaggle credentials: put kaggle.json (from kaggle.com > Settings > API > Create New Token) "
-                "in ~/.kaggle/ with mode 600, or set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN)")
+        return "credentials"
     if "403" in text or "forbidden" in text:
-        return (f"403 Forbidden for {what}: accept the competition's rules on its Kaggle page (Join Competition) and "
-                f"check the slug / user name")
-    if "404" in text or "not found" in text:
-        return f"404: {what} not found - check the slug (competition.slug in competition.yaml) and the user name"
+        return "403"
+    if "404" in text or "not found" in text or "could not find competition" in text:
+        return "404"
     if "400" in text or "bad request" in text:
-        return (f"400 Bad Request for {what}: Kaggle refused the request (daily limit, metadata, or file format); "
-                f"the CLI said: {_last_line(output)}")
-    return f"{what} failed: {_last_line(output)}"
+        return "400"
+    return ""
 
 
-def _last_line(output: str) -> str:
+def explain_failure(output: str, what: str) -> str:
+    """Map kaggle CLI failure output to a message saying what to do (output already redacted)."""
+    return {"credentials": CREDENTIALS,
+            "403": f"403 Forbidden for {what}: accept the competition's rules on its Kaggle page (Join Competition) "
+                   f"and check the slug / user name",
+            "404": f"404: {what} not found - check the slug (competition.slug in competition.yaml) and the user name",
+            "400": f"400 Bad Request for {what}: Kaggle refused the request (daily limit, metadata, or file format); "
+                   f"the CLI said: {last_line(output)}",
+            }.get(failure_kind(output), f"{what} failed: {last_line(output)}")
+
+
+def last_line(output: str) -> str:
+    """The last line of a CLI output (300 characters at most), for error messages."""
     return output.strip().splitlines()[-1][:300] if output.strip() else "no output"
 
 

@@ -263,18 +263,15 @@ def install_outputs(project: Project, cfg: Config, staged: Path, replace: bool) 
             local_folds.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(pulled_folds, local_folds)
     dest = project.experiment_dir(cfg.name)
-    if dest.exists() and any(dest.iterdir()):
-        if not replace:
-            raise DataError(f"{dest} already holds a run of {cfg.name}; pass --replace to swap in the kernel's outputs")
-        old = inside(dest.with_name(f".{cfg.name}.replaced"), project.experiments)
-        shutil.rmtree(old, ignore_errors=True)
-        dest.rename(old)
-        shutil.move(str(staged / "experiments" / cfg.name), str(dest))
-        shutil.rmtree(old)
-    else:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(dest, ignore_errors=True)
-        shutil.move(str(staged / "experiments" / cfg.name), str(dest))
+    if dest.exists() and any(dest.iterdir()) and not replace:
+        raise DataError(f"{dest} already holds a run of {cfg.name}; pass --replace to swap in the kernel's outputs")
+    old = inside(dest.with_name(f".{cfg.name}.replaced"), project.experiments)
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)  # moved aside, not deleted, until the new outputs are in place
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(staged / "experiments" / cfg.name), str(dest))
+    shutil.rmtree(old, ignore_errors=True)
     return dest
 
 

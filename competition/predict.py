@@ -13,7 +13,6 @@ get no label (-1 in the CSV); no path is ever dropped.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -64,10 +63,8 @@ def predict_paths_onnx(project: Project, name: str, paths: list[str], fp16: bool
     if name.endswith(".json"):
         raise ConfigError("--onnx predicts with one experiment's exported model; a blend has no ONNX export")
     prob, errors, timing = predict_onnx(project, name, paths, fp16)
-    metrics = project.experiment_dir(name) / "metrics.json"
-    threshold = float(json.loads(metrics.read_text()).get("threshold", 0.5)) if metrics.is_file() else 0.5
-    label = np.where([e == "" for e in errors], (prob >= threshold).astype(int), -1)
-    return pd.DataFrame({"path": paths, "prob": prob, "label": label, "error": errors}), {**timing, "threshold": threshold}
+    label = np.where([e == "" for e in errors], (prob >= timing["threshold"]).astype(int), -1)
+    return pd.DataFrame({"path": paths, "prob": prob, "label": label, "error": errors}), timing
 
 
 def print_predictions(frame: pd.DataFrame) -> None:

@@ -27,21 +27,14 @@ log = logging.getLogger(__name__)
 
 def explain_failure(output: str, slug: str) -> str:
     """Map kaggle CLI upload failure output to a message saying what to do (credentials never echoed)."""
-    text = output.lower()
-    if "kaggle.json" in text or "could not find" in text and "credential" in text or "401" in text \
-            or "unauthorized" in text:
-        return ("no valid Kaggle credentials: put kaggle.json (from kaggle.com > Settings > API > Create New Token) "
-                "in ~/.kaggle/ with mode 600, or set KAGGLE_USERNAME and KAGGLE_KEY")
-    if "403" in text or "forbidden" in text:
-        return (f"403 Forbidden: accept the rules of '{slug}' on its Kaggle page (Join Competition), "
-                f"and check that competition.slug is right")
-    if "404" in text or "not found" in text or "could not find competition" in text:
-        return f"404: no competition '{slug}' - check competition.slug in competition.yaml"
-    if "400" in text or "bad request" in text:
-        return ("400 Bad Request: the daily submission limit may be reached, or Kaggle rejected the file format; "
-                "check the competition's Submissions page")
-    last = output.strip().splitlines()[-1][:300] if output.strip() else "no output"
-    return f"upload not confirmed (no 'Successfully submitted' line from the kaggle CLI): {last}"
+    return {"credentials": kaggle_cli.CREDENTIALS,
+            "403": f"403 Forbidden: accept the rules of '{slug}' on its Kaggle page (Join Competition), "
+                   f"and check that competition.slug is right",
+            "404": f"404: no competition '{slug}' - check competition.slug in competition.yaml",
+            "400": "400 Bad Request: the daily submission limit may be reached, or Kaggle rejected the file format; "
+                   "check the competition's Submissions page",
+            }.get(kaggle_cli.failure_kind(output), "upload not confirmed (no 'Successfully submitted' line from the "
+                                                   f"kaggle CLI): {kaggle_cli.last_line(output)}")
 
 
 SUCCESS = "successfully submitted"  # what kaggle 1.x/2.x print on a good upload; the only success signal trusted
