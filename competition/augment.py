@@ -30,7 +30,7 @@ def build_train_transform(data: DataConfig, seed: int | None = None) -> A.Compos
     """The training pipeline of the configured preset."""
     size = data.img_size
     crop = A.RandomCrop(size, size, pad_if_needed=True, border_mode=PAD)
-    flip = A.HorizontalFlip(p=0.5)
+    flip = A.D4(p=1.0) if data.d4 else A.HorizontalFlip(p=0.5)  # d4: the 8 flips/rotations, uniformly
     if data.augment == "forensic":
         steps = [
             crop,

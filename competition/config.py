@@ -87,6 +87,8 @@ class ModelConfig:
     drop_rate: Annotated[float, Range(ge=0.0, lt=1.0)] = 0.2  # dropout before the classifier
     drop_path_rate: Annotated[float, Range(ge=0.0, lt=1.0)] = 0.0  # stochastic depth, for models that support it
     input_upscale: Annotated[int, Range(ge=1, le=16)] = 1  # integer nearest-neighbour zoom inside the model (tiny images)
+    input_filter: Literal["none", "highpass"] = "none"  # highpass: the backbone sees the normalised image minus its
+    # 3x3 local mean (the noise residual where generator traces live, content suppressed), x4 to a unit-like range
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ class DataConfig:
     jpeg_quality_min: Annotated[int, Range(ge=1, le=100)] = 60  # forensic: lowest JPEG re-compression quality
     jpeg_p: Probability = 0.5  # forensic: probability of JPEG re-compression (both classes)
     blur_p: Probability = 0.2  # forensic: probability of Gaussian blur (both classes)
+    d4: bool = False  # also rotate by random multiples of 90 degrees (with the flip: the 8 D4 views); pair with
+    # tta.views: d4. Off by default: photos have an up, and a rotated sky is a new kind of image
     cache: Literal["auto", "memmap", "none"] = "auto"  # memmap decodes small same-sized images once into a uint8 cache
     cache_dir: str = ".cache"  # where decoded-image caches live; relative to the project
     crop_cache: Literal["auto", "on", "off"] = "auto"  # large images (forensic/light): keep a native 2 x img_size
@@ -123,8 +127,10 @@ class TrainConfig:
     # block below it at layer_decay x the block above (timm's group_matcher); 0 = off (one lr for all)
     loss: Literal["bce", "focal"] = "bce"  # bce: binary cross-entropy; focal: BCE x (1 - p_t)^focal_gamma
     focal_gamma: Annotated[float, Range(ge=0.0)] = 2.0  # focal loss: how strongly easy images are down-weighted
-    warmup_epochs: Annotated[float, Range(ge=0.0)] = 0.5  # linear warmup length, then cosine decay to min_lr
-    min_lr: Annotated[float, Range(ge=0.0)] = 1e-6  # floor of the cosine schedule (<= lr)
+    scheduler: Literal["cosine", "tanh", "poly", "step"] = "cosine"  # timm scheduler (create_scheduler_v2), stepped
+    # every optimizer update: decay from lr to min_lr over train.epochs; step: x0.1 after each third of the epochs
+    warmup_epochs: Annotated[float, Range(ge=0.0)] = 0.5  # linear warmup from min_lr to lr (fractions allowed)
+    min_lr: Annotated[float, Range(ge=0.0)] = 1e-6  # floor of the schedule (<= lr)
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
     channels_last: bool = True  # NHWC memory format (~2x for depthwise CNNs on CPU)
     compile: bool = False  # torch.compile the model
@@ -135,6 +141,16 @@ class TrainConfig:
     ema_decay: Annotated[float, Range(gt=0.0, lt=1.0)] = 0.999  # EMA decay per optimizer step
     ema_warmup: bool = False  # EMA decay ramps up, 1 - (1 + step)^(-2/3) capped at ema_decay (timm ModelEmaV3), so the
     # average follows the model early on instead of holding the random start for ~1/(1 - ema_decay) steps
+    swa: bool = False  # stochastic weight averaging (torch.optim.swa_utils): the weights at the end of each of the
+    # last swa_epochs epochs are averaged, BatchNorm statistics recomputed on the training images, and the average
+    # is validated and saved as best.pt (it replaces the epoch-selected checkpoint)
+    swa_epochs: Annotated[int, Range(ge=2)] = 3  # swa: how many final epochs are averaged (<= train.epochs)
+    swa_lr: Annotated[float, Range(ge=0.0)] = 0.0  # swa: a constant lr for those epochs (x layer_decay scales);
+    # 0 = keep the schedule (averaging points along its tail)
+    mixup: Annotated[float, Range(ge=0.0)] = 0.0  # mixup Beta(alpha, alpha) (timm Mixup); 0 = off. Off by default:
+    # mixing pixels mixes generator traces with camera noise
+    cutmix: Annotated[float, Range(ge=0.0)] = 0.0  # cutmix Beta(alpha, alpha); 0 = off (with mixup too: one per batch)
+    mix_prob: Probability = 1.0  # share of batches mixed when mixup or cutmix is on
     patience: Annotated[int, Range(ge=0)] = 3  # early stopping: epochs without validation improvement (0 = off)
     select_by: Literal["auto", "logloss", "auc", "metric"] = "auto"  # picks epochs/best checkpoint; auto: logloss
     # for threshold metrics (f1, accuracy: a step function at a fixed cut), else the competition metric
@@ -158,6 +174,15 @@ class TTAConfig:
 
 
 @dataclass(frozen=True)
+class PseudoConfig:
+    teacher: str = ""  # experiment whose confident test predictions become extra training rows; for fold k only the
+    # teacher's fold-k model's predictions (experiments/<teacher>/fold{k}/test.csv) are used, so fold k's validation
+    # rows never reach the student through a teacher that trained on them. "" = off
+    threshold: Annotated[float, Range(gt=0.5, lt=1.0)] = 0.98  # a test image is used when the teacher's fold model
+    # says p >= threshold (label 1) or p <= 1 - threshold (label 0); the rows used go to fold{k}/pseudo.csv
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = ""  # experiment name (file stem); set by the loader
     description: str = ""  # free text shown on the leaderboard
@@ -167,6 +192,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -258,17 +284,24 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+=.*", re.S)
+SHORTHANDS = {"pseudo": "pseudo.teacher"}  # `./run.sh exp020 pseudo=exp012` = pseudo.teacher=exp012
+
+
+def expand_shorthand(item: str) -> str:
+    """`pseudo=exp012` -> `pseudo.teacher=exp012`; any other word unchanged."""
+    key, sep, value = item.partition("=")
+    return f"{SHORTHANDS[key]}={value}" if sep and key in SHORTHANDS else item
 
 
 def is_override(item: str) -> bool:
-    """Whether a command-line word is a `section.key=value` override."""
-    return bool(OVERRIDE.fullmatch(item))
+    """Whether a command-line word is a `section.key=value` override (or a shorthand such as pseudo=exp012)."""
+    return bool(OVERRIDE.fullmatch(expand_shorthand(item)))
 
 
 def parse_overrides(items: list[str]) -> dict:
     """Turn `train.epochs=3 model.name=resnet18` into a nested dict (values parsed as YAML)."""
     out: dict = {}
-    for item in items:
+    for item in map(expand_shorthand, items):
         if not is_override(item):
             raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.epochs=3")
         dotted, raw = item.split("=", 1)
@@ -361,6 +394,7 @@ def validate(cfg: Config, where: str, project: Project, check_model: bool = True
                           f"the schedule decays from lr down to min_lr")
     _validate_encoding(cfg.data.normalize_encoding, where)
     _validate_optimizer(cfg.train.optimizer, where)
+    _validate_recipes(cfg, where)
     if cfg.tta.tiles and cfg.tta.crops != 1:
         raise ConfigError(f"{where}: `tta.tiles: {cfg.tta.tiles}` and `tta.crops: {cfg.tta.crops}` are two eval "
                           f"geometries; keep one (tiles cover the image, crops: 5 takes its corners)")
@@ -388,6 +422,24 @@ def _validate_optimizer(name: str, where: str) -> None:
         close = difflib.get_close_matches(name, known, n=3)
         raise ConfigError(f"{where}: `train.optimizer: {name}` is not a timm optimizer"
                           f"{' (close: ' + ', '.join(close) + ')' if close else ''}; see timm.optim.list_optimizers()")
+
+
+def _validate_recipes(cfg: Config, where: str) -> None:
+    """SWA window inside the schedule, a teacher that is another experiment."""
+    if cfg.train.swa and cfg.train.swa_epochs > cfg.train.epochs:
+        raise ConfigError(f"{where}: `train.swa_epochs: {cfg.train.swa_epochs}` is more than `train.epochs: "
+                          f"{cfg.train.epochs}`; average at most the epochs that run")
+    if cfg.train.swa and cfg.train.patience:
+        raise ConfigError(f"{where}: `train.swa` averages the last {cfg.train.swa_epochs} epochs, but early stopping "
+                          f"(`train.patience: {cfg.train.patience}`) may end the fold before them; set train.patience=0")
+    if (cfg.train.mixup or cfg.train.cutmix) and cfg.train.batch_size % 2:
+        raise ConfigError(f"{where}: mixup/cutmix pair each image with another in its batch; make `train.batch_size: "
+                          f"{cfg.train.batch_size}` even")
+    if cfg.pseudo.teacher:
+        check_name(cfg.pseudo.teacher, "pseudo.teacher")
+        if cfg.pseudo.teacher == cfg.name:
+            raise ConfigError(f"{where}: `pseudo.teacher: {cfg.pseudo.teacher}` is this experiment; name an "
+                              f"experiment that has finished, e.g. pseudo.teacher=exp001")
 
 
 def _validate_encoding(spec: dict, where: str) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from torch.utils.data import Dataset
 
 from competition import cli
 from competition.atomic import remove_stale_temps, write_csv, write_json
@@ -42,6 +43,7 @@ from competition.metrics import (THRESHOLD_METRICS, best_threshold, positive_rat
                                  warn_positive_rates)
 from competition.model import load_detector, pick_device
 from competition.project import Project, inside
+from competition.pseudo import join, log_selection, pseudo_file, select_pseudo, teacher_predictions
 from competition.checks import check_new_folds
 from competition.tables import DataError, load_test_table, load_train_table
 from competition.train import FoldInputs, epoch_seed, select_metric, train_fold
@@ -168,9 +170,10 @@ def fold_done(fold_dir: Path) -> bool:
 
 
 def fold_inputs(cfg: Config, fold: int, train: pd.DataFrame, cache: ImageCache | None,
-                crop_dir: Path | None = None) -> FoldInputs:
+                crop_dir: Path | None = None, extra: Dataset | None = None) -> FoldInputs:
     """The training and validation datasets of one fold (train preset / identity eval geometry); with crop_dir,
-    training reads native windows and validation stored centre crops from competition.crop_cache there."""
+    training reads native windows and validation stored centre crops from competition.crop_cache there; `extra`
+    (pseudo-labelled test rows) is appended to the training rows."""
     is_val = (train["fold"] == fold).to_numpy()
     trn, val = train[~is_val], train[is_val]
     sub = (lambda rows: cache.subset(rows)) if cache is not None else (lambda rows: None)
@@ -184,7 +187,7 @@ def fold_inputs(cfg: Config, fold: int, train: pd.DataFrame, cache: ImageCache |
                             sub(np.flatnonzero(~is_val)), encoding=cfg.data.normalize_encoding, crop_store=windows)
     val_ds = eval_dataset(cfg, val_paths, val["label"].to_numpy(), sub(np.flatnonzero(is_val)), tta=False,
                           crop_store=val_crops)
-    return FoldInputs(fold=fold, train=train_ds, val=val_ds, val_target=val["label"].to_numpy(),
+    return FoldInputs(fold=fold, train=join(train_ds, extra), val=val_ds, val_target=val["label"].to_numpy(),
                       prior=float(trn["label"].mean()))
 
 
@@ -192,7 +195,8 @@ def run_fold(cfg: Config, project: Project, fold: int, run: "Run", out: Path) ->
     """Train one fold, then write its TTA predictions for its validation rows and the test set (rank 0 writes)."""
     fold_dir, t0 = out / f"fold{fold}", time.perf_counter()
     train, test, device, dist = run.train, run.test, run.device, run.dist
-    inputs = main_first(dist, lambda: fold_inputs(cfg, fold, train, run.caches["train"], run.crop_dir))  # rank 0
+    extra = pseudo_rows(cfg, project, fold, run, fold_dir) if cfg.pseudo.teacher else None
+    inputs = main_first(dist, lambda: fold_inputs(cfg, fold, train, run.caches["train"], run.crop_dir, extra))  # rank 0
     # creates the crop stores (if any) before the other ranks open them
     model = load_detector(train_fold(cfg, inputs, fold_dir, device, project, dist), device, project)
     val = train[(train["fold"] == fold).to_numpy()]
@@ -203,6 +207,21 @@ def run_fold(cfg: Config, project: Project, fold: int, run: "Run", out: Path) ->
     if dist.is_main:
         write_fold_outputs(cfg, fold_dir, val, test, oof, tst, time.perf_counter() - t0)
     dist.barrier()
+
+
+def pseudo_rows(cfg: Config, project: Project, fold: int, run: "Run", fold_dir: Path) -> ImageDataset:
+    """Fold `fold`'s pseudo-labelled test rows (competition.pseudo: the teacher's fold-`fold` model only), recorded
+    in fold{k}/pseudo.csv, as a training dataset with the train transform."""
+    teacher = teacher_predictions(cfg, project, fold, run.test, inputs_fingerprint(run.train, run.test))
+    chosen = select_pseudo(cfg, teacher, run.test)
+    log_selection(fold, chosen, len(run.test), cfg.pseudo.teacher)
+    if run.dist.is_main:
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        write_csv(pseudo_file(fold_dir), chosen[["id", "teacher_prob", "label"]])
+    rows = np.flatnonzero(run.test["id"].isin(chosen["id"]).to_numpy())
+    cache = run.caches["test"].subset(rows) if run.caches["test"] is not None else None
+    return ImageDataset(chosen["path"].tolist(), chosen["label"].to_numpy(), build_train_transform(cfg.data), cache,
+                        encoding=cfg.data.normalize_encoding)
 
 
 def write_fold_outputs(cfg: Config, fold_dir: Path, val: pd.DataFrame, test: pd.DataFrame, oof, tst,
@@ -225,6 +244,8 @@ def write_fold_result(cfg: Config, fold_dir: Path, target: np.ndarray, oof, seco
     result = {"fold": int(fold_dir.name[4:]), "best_epoch": best_epoch, "epochs_run": len(history),
               "score": score(metric, target, oof.prob), "score_identity": score(metric, target, oof.prob_identity),
               **score_all(target, oof.prob), "train_s": float(history["epoch_s"].sum()), "predict_s": seconds}
+    if pseudo_file(fold_dir).is_file():
+        result["pseudo_rows"] = len(pd.read_csv(pseudo_file(fold_dir)))
     write_json(fold_dir / "result.json", result)
     log.info("%s done: OOF %s %.5f (identity %.5f)%s", fold_dir.name, metric, result["score"], result["score_identity"],
              " at threshold 0.5; the experiment's threshold is tuned on all folds' OOF" if metric in THRESHOLD_METRICS else "")

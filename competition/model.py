@@ -26,16 +26,19 @@ log = logging.getLogger(__name__)
 class Detector(nn.Module):
     """uint8 images -> normalise -> (upscale) -> backbone -> one logit per image (AI-generated)."""
 
-    def __init__(self, backbone: nn.Module, mean: tuple, std: tuple, upscale: int = 1):
+    def __init__(self, backbone: nn.Module, mean: tuple, std: tuple, upscale: int = 1, input_filter: str = "none"):
         super().__init__()
         self.backbone = backbone
         self.upscale = upscale
+        self.input_filter = input_filter  # none | highpass (model.input_filter)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)  # saved with the weights
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)  # saved with the weights
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (or float 0-255) NCHW -> the normalised, upscaled float tensor the backbone sees."""
         x = (images.float() - self.mean) / self.std
+        if self.input_filter == "highpass":
+            x = highpass(x)
         if self.upscale > 1:
             x = F.interpolate(x, scale_factor=self.upscale, mode="nearest")
         return x
@@ -44,6 +47,15 @@ class Detector(nn.Module):
         feats = self.backbone.forward_features(self.prepare(images))
         with torch.autocast(images.device.type, enabled=False):  # the head and the logits stay fp32 under AMP
             return self.backbone.forward_head(feats.float()).squeeze(1)
+
+
+HIGHPASS_GAIN = 4.0  # the residual of a normalised natural image has std ~0.2-0.3; x4 brings it near 1
+
+
+def highpass(x: torch.Tensor) -> torch.Tensor:
+    """The noise residual: each pixel minus its 3x3 mean (reflect-padded), scaled by HIGHPASS_GAIN."""
+    local_mean = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+    return (x - local_mean) * HIGHPASS_GAIN
 
 
 def local_weights(cfg: ModelConfig, project: Project) -> tuple[Path | None, dict]:
@@ -89,7 +101,7 @@ def build_model(cfg: ModelConfig, project: Project, quiet: bool = False) -> Dete
             log.info("%s: random initialisation (model.pretrained=false)", cfg.name)
     _reset_head(backbone)
     data_cfg = timm.data.resolve_data_config({}, model=backbone)
-    detector = Detector(backbone, tuple(data_cfg["mean"]), tuple(data_cfg["std"]), cfg.input_upscale)
+    detector = Detector(backbone, tuple(data_cfg["mean"]), tuple(data_cfg["std"]), cfg.input_upscale, cfg.input_filter)
     detector.create_kwargs = kwargs  # saved in checkpoints, so a checkpoint rebuilds without models.json
     return detector
 
@@ -121,7 +133,8 @@ def load_detector(path: Path, device: torch.device, project: Project | None = No
     if kwargs is None:
         kwargs = create_kwargs(cfg.model, local_weights(cfg.model, project or Project.from_env())[1])
     backbone = timm.create_model(cfg.model.name, pretrained=False, **kwargs)
-    model = Detector(backbone, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), cfg.model.input_upscale).to(device)
+    model = Detector(backbone, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), cfg.model.input_upscale,
+                     cfg.model.input_filter).to(device)
     model.load_state_dict(ckpt["model"])  # mean/std buffers come with the weights
     model.create_kwargs = kwargs
     if cfg.train.channels_last:

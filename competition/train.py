@@ -1,5 +1,7 @@
-"""Training of one fold: a timm optimizer (AdamW by default; layer-wise LR decay) + warmup/cosine, BCE or
-focal loss, AMP on CUDA, channels_last, gradient accumulation, EMA, early stopping on the fold's validation metric, and per-epoch checkpoints that resume exactly.
+"""Training of one fold: a timm optimizer (AdamW by default; layer-wise LR decay) and a timm schedule (warmup, then
+cosine/tanh/poly/step) stepped per update, BCE or focal loss, timm mixup/cutmix, AMP on CUDA, channels_last,
+gradient accumulation, EMA, SWA (torch.optim.swa_utils, BatchNorm recomputed), early stopping on the fold's
+validation metric, and per-epoch checkpoints that resume exactly.
 
 Outputs in `experiments/<exp>/fold{k}/`: `last.pt` (full training state, every epoch), `best.pt`
 (self-describing: weights + config + score), `log.csv` (one row per epoch).
@@ -21,8 +23,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
 from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
+from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
@@ -58,19 +64,54 @@ def epoch_seed(seed: int, fold: int, epoch: int) -> int:
     return (seed * 1_000_003 + fold * 10_007 + epoch * 101) % 2**31
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
-    """Linear warmup then cosine decay to min_lr, stepped once per optimizer step."""
-    total = max(1, cfg.train.epochs * steps_per_epoch)
-    warmup = int(cfg.train.warmup_epochs * steps_per_epoch)
-    floor = cfg.train.min_lr / cfg.train.lr
+class UpdateScheduler:
+    """A timm scheduler stepped once per optimizer update, with the small LRScheduler surface the loop uses
+    (`step`, `get_last_lr`, `last_epoch` = updates done, `state_dict`)."""
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler, self.last_epoch = scheduler, 0
+        self.held: float | None = None  # a constant lr (SWA's window) instead of the schedule
+        scheduler.step_update(0)  # the rates of the first update, lr_scale applied
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def step(self) -> None:
+        """One optimizer update done: set the learning rates of the next."""
+        self.last_epoch += 1
+        if self.held is None:
+            self.scheduler.step_update(self.last_epoch)
+        else:
+            self.scheduler.update_groups(self.held)
+
+    def hold(self, lr: float) -> None:
+        """From now on every update uses this lr (x each group's lr_scale), the schedule paused."""
+        self.held = lr
+        self.scheduler.update_groups(lr)
+
+    def get_last_lr(self) -> list[float]:
+        """The learning rate of every parameter group now."""
+        return [group["lr"] for group in self.scheduler.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        """Progress, to resume."""
+        return {"last_epoch": self.last_epoch, "held": self.held}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume after `last_epoch` updates."""
+        self.last_epoch = int(state["last_epoch"])
+        self.scheduler.step_update(self.last_epoch)
+        if state.get("held") is not None:
+            self.hold(float(state["held"]))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int) -> UpdateScheduler:
+    """timm's scheduler factory (train.scheduler): linear warmup from min_lr, then decay to min_lr over
+    train.epochs, stepped per optimizer update; parameter groups' lr_scale (layer decay) applied by timm."""
+    epochs, kind = cfg.train.epochs, cfg.train.scheduler
+    warmup = min(cfg.train.warmup_epochs, epochs / 2)  # the warmup comes first (prefix): the decay gets the rest
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=kind, num_epochs=epochs - warmup, decay_epochs=max(1, epochs // 3), decay_rate=0.1,
+        min_lr=cfg.train.min_lr, warmup_lr=cfg.train.min_lr, warmup_epochs=warmup, warmup_prefix=True,
+        cooldown_epochs=0, step_on_epochs=False, updates_per_epoch=max(1, steps_per_epoch))
+    return UpdateScheduler(scheduler)
 
 
 def _rng_state() -> dict:
@@ -97,6 +138,8 @@ class TrainState:
     scaler: torch.amp.GradScaler
     ema: ModelEmaV3 | None
     dtype: torch.dtype | None  # autocast dtype (None = fp32)
+    swa: AveragedModel | None = None  # train.swa: running average of the end-of-epoch weights in the SWA window
+    mixer: Mixup | None = None  # train.mixup / train.cutmix: timm's batch mixer
     epoch: int = -1  # last finished epoch
     best: dict = field(default_factory=lambda: {"score": None, "epoch": -1, "stale": 0})
     history: list = field(default_factory=list)  # one dict per finished epoch (log.csv)
@@ -110,7 +153,8 @@ class TrainState:
         """Everything needed to resume exactly after `epoch`."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None, "epoch": self.epoch,
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "swa": self.swa.state_dict() if self.swa is not None else None, "epoch": self.epoch,
                 "best": self.best, "history": self.history, "rng": _rng_state(), "config": to_dict(cfg)}
 
     def restore(self, ckpt: dict) -> None:
@@ -121,14 +165,16 @@ class TrainState:
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None and ckpt["ema"] is not None:
             self.ema.load_state_dict(ckpt["ema"])
+        if self.swa is not None and ckpt.get("swa") is not None:
+            self.swa.load_state_dict(ckpt["swa"])
         _set_rng_state(ckpt["rng"])
         self.epoch, self.best, self.history = ckpt["epoch"], ckpt["best"], ckpt["history"]
 
-    def best_weights(self, cfg: Config, val_score: float) -> dict:
-        """A self-describing best checkpoint: evaluation weights, how to rebuild them, and what made them."""
-        return {"model": self.eval_model.state_dict(), "model_name": cfg.model.name,
+    def best_weights(self, cfg: Config, val_score: float, model: torch.nn.Module | None = None) -> dict:
+        """A self-describing best checkpoint: evaluation weights (or `model`'s), how to rebuild them, what made them."""
+        return {"model": (model or self.eval_model).state_dict(), "model_name": cfg.model.name,
                 "create_kwargs": getattr(self.model, "create_kwargs", None), "config": to_dict(cfg),
-                "epoch": self.epoch, "metric": select_metric(cfg), "score": val_score}
+                "epoch": self.epoch, "metric": select_metric(cfg), "score": val_score, "swa": model is not None}
 
 
 def train_one_epoch(state: TrainState, runner: torch.nn.Module, loader: DataLoader, cfg: Config,
@@ -149,7 +195,10 @@ def train_one_epoch(state: TrainState, runner: torch.nn.Module, loader: DataLoad
             images = images.contiguous(memory_format=torch.channels_last)
         target = target.to(device, non_blocking=True)
         weight = (~torch.isnan(target)).float()  # undecodable rows carry a NaN label: weight 0, no host list
-        target = torch.nan_to_num(target) * (1 - smooth) + 0.5 * smooth
+        target = torch.nan_to_num(target)
+        if state.mixer is not None:
+            images, target, weight = mix_batch(state.mixer, images, target, weight, cfg.train.channels_last)
+        target = target * (1 - smooth) + 0.5 * smooth
         with autocast():
             logits = runner(images).float()
         loss = (per_image_loss(logits, target, cfg) * weight).sum() / weight.sum().clamp(min=1.0)
@@ -167,6 +216,25 @@ def train_one_epoch(state: TrainState, runner: torch.nn.Module, loader: DataLoad
             "data_wait": wait / elapsed if elapsed else 0.0}
 
 
+def mix_batch(mixer: Mixup, images: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+              channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """timm's mixup/cutmix on a batch (image i mixed with image N-1-i, in float 0-255): the mixed images, the
+    matching soft targets, and weights that drop a pair when either image was undecodable."""
+    images = images.float()
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    images, mixed = mixer(images, target.long())  # 2-class one-hot targets mixed by the same lam as the pixels
+    return images, mixed[:, 1], weight * weight.flip(0)  # column 1 = P(AI)
+
+
+def build_mixer(cfg: Config) -> Mixup | None:
+    """timm's Mixup for train.mixup / train.cutmix (None when both are 0)."""
+    if not (cfg.train.mixup or cfg.train.cutmix):
+        return None
+    return Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix, prob=cfg.train.mix_prob, mode="batch",
+                 label_smoothing=0.0, num_classes=2)
+
+
 def per_image_loss(logits: torch.Tensor, target: torch.Tensor, cfg: Config) -> torch.Tensor:
     """The configured loss per image: BCE, or focal (BCE x (1 - p_t)^gamma, easy images down-weighted)."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -179,13 +247,10 @@ def per_image_loss(logits: torch.Tensor, target: torch.Tensor, cfg: Config) -> t
 
 def build_optimizer(model: Detector, cfg: Config) -> torch.optim.Optimizer:
     """timm's optimizer factory on the backbone (the Detector's own tensors are buffers): no decay on biases and
-    norms; with train.layer_decay, per-layer rates baked into each group's lr (the schedule scales them)."""
+    norms; with train.layer_decay, each group carries an lr_scale that the timm scheduler applies."""
     layer_decay = cfg.train.layer_decay or None
-    optimizer = create_optimizer_v2(model.backbone, cfg.train.optimizer, lr=cfg.train.lr,
-                                    weight_decay=cfg.train.weight_decay, layer_decay=layer_decay)
-    for group in optimizer.param_groups:
-        group["lr"] = cfg.train.lr * group.get("lr_scale", 1.0)
-    return optimizer
+    return create_optimizer_v2(model.backbone, cfg.train.optimizer, lr=cfg.train.lr,
+                               weight_decay=cfg.train.weight_decay, layer_decay=layer_decay)
 
 
 def _optimizer_step(state: TrainState, clip_grad: float = 0.0) -> bool:
@@ -236,7 +301,8 @@ def new_state(cfg: Config, fold: int, steps_per_epoch: int, device: torch.device
     dtype = amp_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup) if cfg.train.ema else None
-    return TrainState(model, optimizer, scheduler, scaler, ema, dtype)
+    swa = AveragedModel(model) if cfg.train.swa else None
+    return TrainState(model, optimizer, scheduler, scaler, ema, dtype, swa, build_mixer(cfg))
 
 
 def set_grad_checkpointing(model: Detector, name: str) -> None:
@@ -270,6 +336,8 @@ def train_fold(cfg: Config, inputs: FoldInputs, out_dir: Path, device: torch.dev
     trim()  # before the persistent training workers fork from this process (later epochs follow validation,
     # which trims when it ends); the steps in between reuse freed buffers
     for epoch in range(state.epoch + 1, cfg.train.epochs):
+        if in_swa_window(cfg, epoch) and cfg.train.swa_lr and state.scheduler.held is None:
+            state.scheduler.hold(cfg.train.swa_lr)
         if cfg.train.patience and state.best["stale"] >= cfg.train.patience:
             log.info("fold %d: early stop, no improvement for %d epochs", inputs.fold, state.best["stale"])
             break
@@ -286,9 +354,36 @@ def train_fold(cfg: Config, inputs: FoldInputs, out_dir: Path, device: torch.dev
         log.info("fold %d epoch %d: loss %.4f val_loss %.4f val_%s %.5f (selects epochs; best %.5f @%d) %.0f img/s "
                  "%.0fs", inputs.fold, epoch, row["train_loss"], row["val_loss"], select_metric(cfg), row["val_score"],
                  state.best["score"], state.best["epoch"], row["train_img_s"], row["epoch_s"])
+    if state.swa is not None:
+        finish_swa(state, loader, val_loader, inputs, cfg, device, out_dir, dist)
     if not best_path.is_file():
         raise RuntimeError(f"fold {inputs.fold}: no best checkpoint written (did every epoch score NaN?)")
     return best_path
+
+
+def in_swa_window(cfg: Config, epoch: int) -> bool:
+    """Whether this epoch's end weights join the SWA average (the last train.swa_epochs epochs)."""
+    return cfg.train.swa and epoch >= cfg.train.epochs - cfg.train.swa_epochs
+
+
+def finish_swa(state: TrainState, loader: DataLoader, val_loader: DataLoader, inputs: FoldInputs, cfg: Config,
+               device: torch.device, out_dir: Path, dist: Dist = SINGLE) -> None:
+    """Recompute the averaged model's BatchNorm statistics on the training images (one pass, no gradients),
+    validate it, and save it as best.pt; its scores join the last log row as swa_* columns."""
+    assert state.swa is not None
+    log.info("fold %d: SWA of %d epochs; recomputing BatchNorm statistics on %d training images", inputs.fold,
+             int(state.swa.n_averaged), len(inputs.train))
+    images = (batch[0].to(device) for batch in tqdm(loader, desc=f"fold {inputs.fold} SWA BatchNorm", leave=False))
+    update_bn(images, state.swa, device)
+    swa_model = state.swa.module.eval()
+    row = validate(swa_model, val_loader, inputs.val_target, cfg, device, state.dtype, inputs.prior, dist)
+    state.history[-1].update({f"swa_{k}": v for k, v in row.items()})
+    if dist.is_main:
+        save_torch(out_dir / "best.pt", state.best_weights(cfg, row["val_score"], swa_model))
+        write_csv(out_dir / "log.csv", pd.DataFrame(state.history))
+    dist.barrier()
+    log.info("fold %d: SWA val_%s %.5f (best single epoch %.5f @%d)", inputs.fold, select_metric(cfg),
+             row["val_score"], state.best["score"], state.best["epoch"])
 
 
 def wrap_model(model: torch.nn.Module, cfg: Config, device: torch.device, dist: Dist) -> torch.nn.Module:
@@ -313,6 +408,8 @@ def _run_epoch(state: TrainState, runner: torch.nn.Module, inputs: FoldInputs, l
     t0 = time.perf_counter()
     row = {"epoch": epoch, "lr": state.scheduler.get_last_lr()[0]}
     row.update(train_one_epoch(state, runner, loader, cfg, device, desc=f"fold {inputs.fold} epoch {epoch}"))
+    if state.swa is not None and in_swa_window(cfg, epoch):
+        state.swa.update_parameters(state.model)
     row.update(validate(state.eval_model, val_loader, inputs.val_target, cfg, device, state.dtype, inputs.prior, dist))
     row["epoch_s"] = time.perf_counter() - t0
     state.epoch = epoch

@@ -130,3 +130,94 @@ def test_one_epoch_on_200_images_learns_and_a_zero_loss_would_not_pass(tmp_path,
     monkeypatch.setattr(train, "per_image_loss", lambda logits, target, cfg: logits * 0.0)  # a loss that is always 0
     call_kit(home, "competition.experiment", "exp_zero")
     assert auc("exp_learn") > 0.7 and auc("exp_zero") < 0.6, (auc("exp_learn"), auc("exp_zero"))
+
+
+def test_swa_averages_the_last_epochs_and_recomputes_batchnorm_statistics(tmp_path):
+    from torch.optim.swa_utils import update_bn
+
+    from competition.model import load_detector
+    from competition.train import FoldInputs, train_fold
+
+    cfg = replace(config(swa=True, swa_epochs=2, epochs=3, patience=0, batch_size=32, optimizer="sgd", lr=0.05),
+                  data={"num_workers": 0})
+    inputs = FoldInputs(fold=0, train=Images(), val=Images(), val_target=Images().y.numpy(), prior=0.5)
+    best = train_fold(cfg, inputs, tmp_path, torch.device("cpu"), PROJECT)
+    ckpt = torch.load(best, weights_only=True)
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["swa"] and int(last["swa"]["n_averaged"]) == 2  # epochs 1 and 2 averaged
+    swa = load_detector(best, torch.device("cpu"))
+    bn = next(m for m in swa.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    saved = bn.running_mean.clone()
+    live = next(v for k, v in last["model"].items() if k.endswith("running_mean"))  # the trained model's statistics
+    copied = next(v for k, v in last["swa"].items() if k.endswith("running_mean"))  # the average's own (stale) buffers
+    update_bn((x for x, *_ in DataLoader(Images(), batch_size=32)), swa)  # what the averaged weights give
+    assert torch.allclose(bn.running_mean, saved, atol=1e-4)
+    assert (saved - live).abs().max() > 1e-3 and (saved - copied).abs().max() > 1e-3
+    log = __import__("pandas").read_csv(tmp_path / "log.csv")
+    assert "swa_val_score" in log.columns and log["swa_val_score"].notna().sum() == 1
+
+
+def test_swa_holds_a_constant_rate_in_its_window_and_refuses_early_stopping(tmp_path):
+    from competition.train import build_scheduler
+
+    cfg = config(swa=True, swa_epochs=2, epochs=4, patience=0, swa_lr=3e-4, warmup_epochs=0.5)
+    state = new_state(cfg, 0, 10, torch.device("cpu"), PROJECT)
+    lrs = []
+    for _ in range(20):
+        state.optimizer.step()
+        state.scheduler.step()
+        lrs.append(state.scheduler.get_last_lr()[0])
+    assert lrs[0] < lrs[3] < lrs[4] > lrs[10] > lrs[-1]  # warmup over 5 updates, then the cosine decays
+    state.scheduler.hold(3e-4)
+    resumed = build_scheduler(state.optimizer, cfg, 10)
+    resumed.load_state_dict(state.scheduler.state_dict())
+    resumed.step()
+    assert resumed.get_last_lr() == [3e-4, 3e-4] and resumed.last_epoch == 21
+    with pytest.raises(ConfigError, match="patience"):
+        from competition.config import validate
+
+        validate(config(swa=True, patience=3, epochs=4), "x.yaml", PROJECT, check_model=False)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "tanh", "poly", "step"])
+def test_timm_schedulers_warm_up_then_decay_to_the_floor(kind):
+    state = new_state(config(scheduler=kind, epochs=3, warmup_epochs=1, min_lr=1e-6), 0, 10, torch.device("cpu"),
+                      PROJECT)
+    lrs = [state.scheduler.get_last_lr()[0]]
+    for _ in range(30):
+        state.scheduler.step()
+        lrs.append(state.scheduler.get_last_lr()[0])
+    assert lrs[0] < 1e-4 and max(lrs) == pytest.approx(1e-3, rel=0.05) and lrs[-1] < 1.1e-4
+
+
+def test_mixup_mixes_pixels_and_targets_alike_and_keeps_bad_rows_out():
+    from competition.train import build_mixer, mix_batch
+
+    torch.manual_seed(0)
+    mixer = build_mixer(config(mixup=1.0, mix_prob=1.0))
+    images = torch.stack([torch.full((3, 4, 4), 200, dtype=torch.uint8), torch.zeros((3, 4, 4), dtype=torch.uint8)])
+    target, weight = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])
+    mixed, soft, w = mix_batch(mixer, images, target, weight, channels_last=False)
+    lam = float(mixed[0, 0, 0, 0]) / 200  # pixel share of image 0 in mixed image 0
+    assert 0 < lam < 1 and soft[0] == pytest.approx(lam, abs=1e-5) and soft[1] == pytest.approx(1 - lam, abs=1e-5)
+    _, _, w = mix_batch(mixer, images, target, torch.tensor([1.0, 0.0]), channels_last=False)
+    assert w.tolist() == [0.0, 0.0]  # a pair with an undecodable image is dropped
+    assert build_mixer(config()) is None
+
+
+def test_highpass_input_removes_flat_content_and_d4_draws_all_eight_views():
+    import albumentations  # noqa: F401 - the preset needs it
+    from competition.augment import build_train_transform
+    from competition.config import DataConfig
+    from competition.model import highpass
+
+    flat = torch.full((1, 3, 8, 8), 0.7)
+    assert highpass(flat).abs().max() < 1e-6  # no residual in a flat image
+    edge = torch.zeros((1, 3, 8, 8))
+    edge[..., 4:] = 1.0
+    assert highpass(edge).abs().max() > 0.5
+    t = build_train_transform(DataConfig(img_size=4, augment="light", d4=True), seed=1)
+    x = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    assert len({t(image=x)["image"].tobytes() for _ in range(200)}) == 8
+    plain = build_train_transform(DataConfig(img_size=4, augment="light"), seed=1)
+    assert len({plain(image=x)["image"].tobytes() for _ in range(200)}) == 2
