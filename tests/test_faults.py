@@ -77,8 +77,11 @@ def test_torch_writer_failure_on_a_full_disk_is_named(tmp_path, monkeypatch):
 def test_ctrl_c_prints_one_line_and_the_rerun_resumes(home):
     smoke_experiment(home, "c", train={"epochs": 3, "batch_size": 4, "patience": 0})
     env = {**os.environ, "KIT_HOME": str(home), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # a job started with `&` from a script inherits SIGINT ignored, and Python then never raises KeyboardInterrupt:
+    # give the child the default disposition, as a terminal would
     proc = subprocess.Popen([sys.executable, "-m", "competition.experiment", "c"], cwd=home, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     last = home / "experiments" / "c" / "fold0" / "last.pt"
     deadline = time.time() + 300
     while not last.exists() and time.time() < deadline and proc.poll() is None:
