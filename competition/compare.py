@@ -39,7 +39,7 @@ def flatten(cfg: dict, prefix: str = "") -> dict:
 
 def config_changes(reference: dict, other: dict) -> list[str]:
     """`key: old -> new` for every recipe key that differs (runtime keys ignored)."""
-    from competition.experiment import RUNTIME_KEYS
+    from competition.config import RUNTIME_KEYS
 
     skip = IGNORED | {f"{s}.{k}" for s, k in RUNTIME_KEYS}
     a, b = flatten(reference), flatten(other)

@@ -195,6 +195,13 @@ class Config:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
 
 
+# Where and how a run executes, not what it computes: a run started on CPU may be finished on a GPU machine.
+RUNTIME_KEYS = (("train", "folds"), ("train", "device"), ("train", "threads"), ("train", "compile"),
+                ("data", "num_workers"), ("data", "cache_dir"), ("competition", "data_dir"), ("model", "weights_dir"),
+                ("model", "pretrained_file"), ("tta", "max_batch"), ("folds", "audit"), ("folds", "shift_check"),
+                ("folds", "shift_sample"))
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """safe_load that refuses a key given twice in one mapping (YAML would silently keep the last)."""
 

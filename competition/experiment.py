@@ -33,7 +33,7 @@ from competition import cli
 from competition.atomic import remove_stale_temps, write_csv, write_json
 from competition.augment import build_eval_transform, build_train_transform
 from competition.crop_cache import EvalCrops, TrainWindows, wants_crop_cache
-from competition.config import Config, ConfigError, is_override, load_config, save_config, to_dict
+from competition.config import RUNTIME_KEYS, Config, ConfigError, is_override, load_config, save_config, to_dict
 from competition.dataset import BAD, ImageCache, ImageDataset, BadImageError, decode_image, open_cache
 from competition.distributed import SINGLE, Dist, rank_device, setup, shutdown
 from competition.folds import ensure_folds
@@ -72,13 +72,6 @@ def load_tables(cfg: Config, project: Project, split: str = "fold") -> tuple[pd.
     train = train.merge(folds[["id", split]].rename(columns={split: "fold"}), on="id", how="left",
                         validate="one_to_one")
     return train, test
-
-
-# Where and how a run executes, not what it computes: a run started on CPU may be finished on a GPU machine.
-RUNTIME_KEYS = (("train", "folds"), ("train", "device"), ("train", "threads"), ("train", "compile"),
-                ("data", "num_workers"), ("data", "cache_dir"), ("competition", "data_dir"), ("model", "weights_dir"),
-                ("model", "pretrained_file"), ("tta", "max_batch"), ("folds", "audit"), ("folds", "shift_check"),
-                ("folds", "shift_sample"))
 
 
 def check_config_unchanged(cfg: Config, out: Path) -> None:
