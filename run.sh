@@ -9,6 +9,9 @@
 # Python: $KIT_PYTHON if set (e.g. KIT_PYTHON=python3 on a machine that already has torch/timm),
 # else .venv, created from requirements.txt on first use and refreshed when requirements.txt changes.
 set -euo pipefail
+# Paths the person types (images, --csv, --out, KIT_HOME, a YAML) are resolved against the folder the command
+# was typed in, not the kit (competition/paths.py).
+export KIT_CWD="$PWD"
 cd "$(dirname "$0")"
 
 if [[ -n "${KIT_PYTHON:-}" ]]; then
@@ -37,17 +40,21 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 cmd="${1:-}"
-[[ -n "$cmd" ]] || { sed -n '2,7p' "$0"; exit 2; }
+[[ -n "$cmd" ]] || { sed -n '2,7p' "$(basename "$0")"; exit 2; }  # $0 as typed may be relative to KIT_CWD
 shift
 case "$cmd" in
-  test) exec "$PY" -m pytest tests "$@" ;;
+  test)  # one pytest-xdist worker per core, unless the arguments choose (-n N, -p no:xdist)
+    xdist=(-n auto --dist loadgroup)
+    for a in "$@"; do [[ "$a" == -n* || "$a" == --numprocesses* || "$a" == *no:xdist ]] && xdist=(); done
+    exec "$PY" -m pytest ${xdist[@]+"${xdist[@]}"} "$@" ;;  # no path given: pytest.ini's testpaths (tests/)
   audit)  # --shift: the train-vs-test shift check instead of the shortcut audit
     args=(); check=audit
     for a in "$@"; do if [[ "$a" == "--shift" ]]; then check=shift; else args+=("$a"); fi; done
     exec "$PY" -m "competition.$check" ${args[@]+"${args[@]}"} ;;
   folds|ensemble|submit|shift|leaderboard|predict|report|explain|serve|compare) exec "$PY" -m "competition.$cmd" "$@" ;;
   assemble) exec "$PY" -m competition.experiment "$@" --assemble ;;
-  kaggle) exec "$PY" -m competition.kernel "$@" ;;
+  kaggle) exec "$PY" -m competition.kaggle_kernel "$@" ;;
   bundle|export) exec "$PY" -m "competition.$cmd" "$@" ;;
+  config) exec "$PY" -m competition.config_reference "$@" ;;  # [exp] [key=value ...]: every key, value, origin
   *) exec "$PY" -m competition.experiment "$cmd" "$@" ;;
 esac

@@ -17,7 +17,9 @@ from torch.utils.data import DataLoader
 from common import CIFAKE, FACES, rate, table
 from competition.augment import build_train_transform
 from competition.config import DataConfig
-from competition.dataset import ImageDataset, decode_image, open_cache, seed_worker
+from competition.dataset import ImageDataset, seed_worker
+from competition.decode import decode_image
+from competition.image_cache import open_cache
 
 
 def decode_only(paths: list[str]) -> int:

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from common import table
-from competition.augment import tta_views
+from competition.augment import tta_views, view_names
 from competition.config import ModelConfig
 from competition.inference import predict
 from competition.model import build_model
@@ -47,7 +47,7 @@ def main() -> None:
     base = build_model(ModelConfig(name="tf_efficientnet_lite0", pretrained=False, input_upscale=2), Project.from_env()).eval()
     fast = build_model(ModelConfig(name="tf_efficientnet_lite0", pretrained=False, input_upscale=2), Project.from_env()).eval()
     fast = fast.to(memory_format=torch.channels_last)
-    for views in ("identity", "hflip", "d4"):
+    for views in view_names():  # every registered view set
         p, k = plain(base, ds, views), kit(fast, ds, views)
         rows.append([views, len(tta_views(views)), p, k, k / p])
     table("Inference with TTA, tf_efficientnet_lite0 32px x2 (images/s, each image counted once)",

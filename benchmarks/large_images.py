@@ -28,7 +28,8 @@ from common import FACES, table
 from competition.augment import build_train_transform
 from competition.config import DataConfig
 from competition.crop_cache import TrainWindows
-from competition.dataset import ImageDataset, decode_image
+from competition.dataset import ImageDataset
+from competition.decode import decode_image
 
 SIZE = 224
 

@@ -17,7 +17,7 @@ import torch
 
 from common import table  # (importing common puts the repository on sys.path)
 from competition.config import replace
-from competition.experiment import load_tables
+from competition.folds import load_tables
 from competition.inference import eval_dataset, load_experiment, predict_dataset
 from competition.metrics import score
 from competition.project import Project

@@ -24,6 +24,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; an output is readable as the umask says (0644)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -40,16 +41,39 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (/proc), or by setting and restoring it where /proc lacks it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class DiskFullError(KitError, OSError):
     """A write failed because the disk is full; nothing half-written is left behind."""
 
 
+DISK_FULL_WORDS = ("no space left", "disk quota exceeded", "enospc", "edquot")  # what a writer says on a full disk
+WRITER_FAILED = ("inline_container", "write failed", "failed writing")  # torch's writer, which does not say why
+
+
 def out_of_space(err: BaseException, folder: Path) -> bool:
-    """Whether a failed write means the disk is full: ENOSPC/EDQUOT, or a wrapped writer error (torch's
-    `inline_container` message) while the folder's disk has under 1 MiB free."""
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+    """Whether a failed write means the disk is full: an OSError with errno ENOSPC/EDQUOT, an OSError or writer
+    error whose message says so, or torch's cryptic writer failure (`inline_container`) while the folder's disk
+    has under 1 MiB free. Any other error (PermissionError, TypeError, a bug) stays itself, even on a full disk."""
+    if isinstance(err, OSError) and err.errno is not None:
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)  # the errno says exactly what happened
+    if not isinstance(err, (OSError, RuntimeError)):
+        return False
+    text = str(err).lower()
+    if any(word in text for word in DISK_FULL_WORDS):
         return True
-    return "no space left" in str(err).lower() or free_bytes(folder) < 2**20
+    return isinstance(err, RuntimeError) and any(w in text for w in WRITER_FAILED) and free_bytes(folder) < 2**20
 
 
 def free_bytes(folder: Path) -> int:

@@ -27,9 +27,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
-from competition import cli
+from competition import cli, options, outputs
 from competition.atomic import write_json, write_text
 from competition.config import CompetitionConfig, load_config
+from competition.paths import output_path, user_path
 from competition.project import Project
 from competition.tables import load_train_table
 
@@ -216,8 +217,10 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser = cli.parser(__doc__)
     parser.add_argument("data", nargs="?", default="", help="data folder with train.csv (default: competition.yaml)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. competition.train_csv=t.csv")
-    parser.add_argument("--out", type=Path, default=None, help="report folder (default: folds/)")
-    parser.add_argument("--threshold", type=float, default=THRESHOLD)
+    parser.add_argument("--out", default=None, help="report folder (default: folds/)")
+    parser.add_argument("--force", action="store_true", help="let --out replace report files audit did not write")
+    parser.add_argument("--threshold", type=options.number(float, ge=0.5, lt=1.0, unit="AUC"), default=THRESHOLD,
+                        help="warn when metadata alone predicts the label with an AUC above this")
     args = parser.parse_args(argv)
     project = project or Project.from_env()
     if args.data and "=" in args.data:
@@ -227,16 +230,25 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
         cfg = load_config("", args.overrides, project, check_model=False)
         comp, stem, folds = cfg.competition, project.folds_file(cfg).stem, None
         if args.data:
-            data = Path(args.data).resolve()
+            data = user_path(args.data, project, "data folder", kind="dir")
             comp = CompetitionConfig(name=data.name, data_dir=str(data), path_column=comp.path_column,
                                      label_column=comp.label_column)
             stem = data.name
+        out = project.folds
+        if args.out:
+            out = outputs.check_folder(project, output_path(args.out, "--out"), "audit",
+                                       also=(Path(project.resolve(comp.data_dir)),))
+            for file in (out / f"{stem}_audit.md", out / f"{stem}_audit.json"):
+                outputs.check_target(project, file, "audit", args.force)
         train = load_train_table(comp, project)
         if not args.data:
             folds = _folds_of(train, project.folds_file(cfg))
         fold = folds.set_index("id").loc[train["id"], "fold"].to_numpy() if folds is not None else None
         report = audit(train, fold, args.threshold)
-        write_report(report, args.out or project.folds, stem)
+        write_report(report, out, stem)
+        if args.out:
+            for file in (out / f"{stem}_audit.md", out / f"{stem}_audit.json"):
+                outputs.record(project, file, "audit")
         print(report["verdict"])  # noqa: T201 - the CLI's answer
         return 1 if report["leak"] else 0
 

@@ -1,8 +1,10 @@
 """Blend methods, their honest (nested) scores, and the saved `Blend` that ensemble, predict and serve share.
 
-Methods: `mean` (probabilities), `rank` (mean of each member's empirical CDF), `logit` (mean of logits),
-`hill` (Caruana selection with replacement: non-negative weights), `optimize` (Nelder-Mead weights),
-`stack` (logistic regression on logits); any of them optionally followed by Platt or temperature scaling.
+Methods live in one registry, BLENDERS (a `Blender` subclass decorated with `@register`), read by ensemble's
+--method choices, the `auto` search and the help: `mean` (probabilities), `rank` (mean of each member's
+empirical CDF), `logit` (mean of logits), `hill` (Caruana selection with replacement: non-negative weights),
+`optimize` (Nelder-Mead weights), `stack` (logistic regression on logits); any of them optionally followed by
+Platt or temperature scaling.
 
 - Weights are fitted on a smooth objective (`fit_objective`: log loss for f1/accuracy, else the metric);
   the threshold of a threshold metric is tuned afterwards, on the same rows.
@@ -32,7 +34,6 @@ from sklearn.linear_model import LogisticRegression
 from competition.errors import ConfigError
 from competition.metrics import THRESHOLD_METRICS, best_threshold, greater_is_better, score
 
-METHODS = ("mean", "rank", "logit", "hill", "optimize", "stack")
 EPS = 1e-6
 
 
@@ -57,9 +58,14 @@ def ecdf(x: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
 
 
 class Blender:
-    """fit(x, y, objective) then blend(x) -> scores; `params` holds everything fitted (JSON-ready)."""
+    """fit(x, y, objective) then blend(x) -> scores; `params` holds everything fitted (JSON-ready).
+
+    A new method is one subclass (method name, one-line `summary`, blend/fit) decorated with `@register`:
+    ensemble's --method choices, the `auto` search and the help text all read BLENDERS."""
 
     method = ""
+    summary = ""  # one line for --help and the docs
+    auto_max_members = 0  # `auto` tries this method only up to this many members (0: any number)
 
     def __init__(self, params: dict | None = None):
         self.params = params or {}
@@ -71,25 +77,54 @@ class Blender:
         raise NotImplementedError
 
 
+BLENDERS: dict[str, type[Blender]] = {}  # the one registry of blend methods, in registration order
+
+
+def register(cls: type[Blender]) -> type[Blender]:
+    """Class decorator: make a Blender subclass a blend method (name = its `method`)."""
+    if not cls.method or cls.method in BLENDERS or cls.method == "auto":
+        raise ValueError(f"blend method name {cls.method!r} is empty, reserved or registered twice")
+    BLENDERS[cls.method] = cls
+    return cls
+
+
+def method_names() -> tuple[str, ...]:
+    """Every registered blend method, in registration order."""
+    return tuple(BLENDERS)
+
+
+def auto_methods(n_members: int) -> list[str]:
+    """The methods `--method auto` compares for this many members."""
+    return [m for m, cls in BLENDERS.items() if not cls.auto_max_members or n_members <= cls.auto_max_members]
+
+
+def describe_methods() -> str:
+    """One line per registered method, for --help."""
+    return "; ".join(f"{m}: {cls.summary}" for m, cls in BLENDERS.items())
+
+
+@register
 class MeanBlender(Blender):
-    method = "mean"
+    method, summary = "mean", "mean of probabilities"
 
     def blend(self, x):
         return x.mean(axis=1)
 
 
+@register
 class RankBlender(Blender):
     """Mean empirical CDF: within the rows given, or against a saved reference (the test set of the submission)."""
 
-    method = "rank"
+    method, summary = "rank", "mean empirical CDF (rank average)"
 
     def blend(self, x):
         reference = self.params.get("reference")
         return ecdf(x, None if reference is None else np.asarray(reference, dtype=np.float64).T).mean(axis=1)
 
 
+@register
 class LogitBlender(Blender):
-    method = "logit"
+    method, summary = "logit", "mean of logits"
 
     def blend(self, x):
         return expit(_logits(x).mean(axis=1))
@@ -100,10 +135,12 @@ def _gain(objective: str, y: np.ndarray, p: np.ndarray) -> float:
     return s if greater_is_better(objective) else -s
 
 
+@register
 class HillBlender(Blender):
     """Caruana ensemble selection with replacement on logits: add the member that helps most, repeatedly."""
 
     method, iterations = "hill", 50
+    summary = "Caruana hill climbing (selection with replacement: non-negative weights)"
 
     def fit(self, x, y, objective):
         z, counts, total, best = _logits(x), np.zeros(x.shape[1]), np.zeros(len(y)), -np.inf
@@ -123,10 +160,12 @@ class HillBlender(Blender):
         return expit(_logits(x) @ np.asarray(self.params["weights"]))
 
 
+@register
 class OptimizeBlender(HillBlender):
     """Nelder-Mead on softmax-parameterised (non-negative, sum-one) weights of the logits."""
 
-    method = "optimize"
+    method, summary = "optimize", "Nelder-Mead weights on logits"
+    auto_max_members = 8  # Nelder-Mead in more dimensions is slow and unreliable
 
     def fit(self, x, y, objective):
         z, m = _logits(x), x.shape[1]
@@ -142,10 +181,11 @@ class OptimizeBlender(HillBlender):
         return self
 
 
+@register
 class StackBlender(Blender):
     """Logistic regression on the members' logits (applied with the saved coefficients)."""
 
-    method = "stack"
+    method, summary = "stack", "logistic regression on logits (stacking)"
 
     def fit(self, x, y, objective):
         model = LogisticRegression(C=1.0, max_iter=1000).fit(_logits(x), y)
@@ -156,8 +196,7 @@ class StackBlender(Blender):
         return expit(_logits(x) @ np.asarray(self.params["coef"]) + self.params["intercept"])
 
 
-BLENDERS = {cls.method: cls for cls in (MeanBlender, RankBlender, LogitBlender, HillBlender, OptimizeBlender,
-                                        StackBlender)}
+METHODS = method_names()  # kept for importers; read BLENDERS / method_names() for methods registered later
 
 
 def calibrate(base: Blender, kind: str, x: np.ndarray, y: np.ndarray) -> dict:
@@ -186,7 +225,7 @@ class Blend:
             calibration: str = "none") -> "Blend":
         """Fit weights (smooth objective), then calibration, then the threshold, all on these rows."""
         if method not in BLENDERS:
-            raise ConfigError(f"blend method {method!r}: choose one of {', '.join(METHODS)}")
+            raise ConfigError(f"blend method {method!r}: choose one of {', '.join(BLENDERS)}")
         base = BLENDERS[method]().fit(x, y, fit_objective(metric))
         blend = cls(list(members), method, metric, dict(base.params))
         if calibration != "none":

@@ -37,10 +37,11 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from competition import cli
+from competition import cli, options, outputs
 from competition.atomic import write_json, write_text
 from competition.config import Config, load_config, parse_yaml
 from competition.errors import ConfigError, KitError
+from competition.paths import experiment_arg, output_path, user_path
 from competition.project import REPO, Project
 
 log = logging.getLogger(__name__)
@@ -291,22 +292,38 @@ def build_bundle(project: Project, name: str, dest: Path, wheels: bool = True, t
     return manifest
 
 
+def check_bundle_dest(project: Project, text: str, force: bool = False) -> Path:
+    """The bundle folder a person typed: not in a protected folder (competition.outputs), and any bundle already
+    there one this kit built (the ledger), unless --force."""
+    dest = outputs.check_folder(project, output_path(text, "bundle folder"), "bundle")
+    manifest = dest / MANIFEST
+    if manifest.is_file() and not force and outputs.written_by(project, manifest) != "bundle":
+        raise outputs.OutputRefused(f"bundle: {dest} holds a bundle this kit did not build there (or one edited "
+                                    f"since) - pass --force to replace it, or pick a new folder")
+    return dest
+
+
 def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point."""
     parser = cli.parser(__doc__)
     parser.add_argument("experiment", help="experiment name (experiments/<name>.yaml)")
-    parser.add_argument("dest", type=Path, help="bundle folder (created; a previous bundle there is replaced)")
+    parser.add_argument("dest", help="bundle folder (created; a previous bundle built there is replaced)")
+    parser.add_argument("--force", action="store_true", help="replace a bundle folder this kit did not build there")
     parser.add_argument("--no-wheels", action="store_true", help="no wheels: the target already has every requirement")
-    parser.add_argument("--target-freeze", type=Path, help="`pip freeze` of the target: leave out what it has")
-    parser.add_argument("--python-version", default="", help="wheels for this Python (e.g. 3.11); default: this one")
+    parser.add_argument("--target-freeze", help="`pip freeze` of the target: leave out what it has")
+    parser.add_argument("--python-version", default="", type=options.python_version(),
+                        help="wheels for this Python (e.g. 3.11); default: this one")
     parser.add_argument("--platform", default="", help="wheels for this platform (e.g. manylinux2014_x86_64)")
     parser.add_argument("--allow-dirty", action="store_true", help="bundle uncommitted code (recorded as dirty)")
     args = parser.parse_args(argv)
     project = project or Project.from_env()
 
     def body() -> int:
-        build_bundle(project, args.experiment, args.dest.resolve(), not args.no_wheels, args.target_freeze,
+        dest = check_bundle_dest(project, args.dest, args.force)
+        freeze = user_path(args.target_freeze, project, "--target-freeze", kind="file") if args.target_freeze else None
+        build_bundle(project, experiment_arg(args.experiment, project), dest, not args.no_wheels, freeze,
                      args.allow_dirty, args.python_version, args.platform)
+        outputs.record(project, dest / MANIFEST, "bundle")
         log.info("next, on the offline machine: pip install --no-index --find-links %s/wheels -r %s/requirements.txt",
                  args.dest, args.dest)
         return 0

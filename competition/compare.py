@@ -6,7 +6,8 @@
 The first experiment is the reference. For each one: the config keys that differ from it (runtime keys such as
 paths, threads and devices left out), the OOF score and its delta, the fold std, the paired per-fold delta
 (mean +- std over folds: the folds are the same file, so fold k of both runs saw the same images), whether
-that delta is beyond noise (|mean| > 2 standard errors), and the wall minutes.
+that delta is beyond noise (|mean| > 2 standard errors), and the wall minutes. Both deltas are signed so that
+POSITIVE IS BETTER, whichever way the metric runs (for logloss, lower is better: a drop in logloss is +).
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from competition import cli
-from competition.atomic import write_text
+from competition import cli, outputs
 from competition.config import load_saved_config, to_dict
 from competition.errors import ConfigError
+from competition.metrics import greater_is_better
+from competition.paths import experiment_arg, output_path
 from competition.project import Project
 
 log = logging.getLogger(__name__)
@@ -66,21 +67,28 @@ def paired_delta(ref: dict, other: dict, lower_is_better: bool) -> tuple[float, 
     shared = sorted(set(a) & set(b))
     if len(shared) < 2:
         return float("nan"), float("nan"), False
-    d = np.array([b[k] - a[k] for k in shared]) * (-1 if lower_is_better else 1)
+    d = np.array([better_delta(a[k], b[k], lower_is_better) for k in shared])
     se = d.std(ddof=1) / np.sqrt(len(d))
     return float(d.mean()), float(d.std(ddof=1)), bool(abs(d.mean()) > 2 * se)
 
 
+def better_delta(ref_score: float, score: float, lower_is_better: bool) -> float:
+    """score - ref_score, signed so that positive means better than the reference."""
+    return (ref_score - score) if lower_is_better else (score - ref_score)
+
+
 def compare(project: Project, names: list[str]) -> str:
-    """The ablation table (markdown) of names against names[0]."""
+    """The ablation table (markdown) of names against names[0]; both delta columns: + = better."""
     runs = [load_run(project, n) for n in names]
     ref_cfg, ref = runs[0]
-    lower = ref.get("metric") == "logloss"
-    rows = ["| experiment | change vs " + names[0] + " | OOF " + str(ref.get("metric")) + " | delta | fold std | "
-            "paired fold delta (mean +- std) | beyond noise | minutes |", "|---|---|---|---|---|---|---|---|"]
+    lower = not greater_is_better(ref.get("metric", "auc"))
+    way = "lower" if lower else "higher"
+    rows = [f"| experiment | change vs {names[0]} | OOF {ref.get('metric')} ({way} is better) | delta (+ = better) "
+            "| fold std | paired fold delta, + = better (mean +- std) | beyond noise | minutes |",
+            "|---|---|---|---|---|---|---|---|"]
     for name, (cfg, m) in zip(names, runs):
         changes = "; ".join(config_changes(ref_cfg, cfg)) or ("(reference)" if name == names[0] else "(same config)")
-        delta = m["oof_score"] - ref["oof_score"]
+        delta = better_delta(ref["oof_score"], m["oof_score"], lower)
         mean, std, beyond = paired_delta(ref, m, lower) if name != names[0] else (float("nan"),) * 2 + (False,)
         paired = f"{mean:+.5f} +- {std:.5f}" if mean == mean else ""
         verdict = ("yes" if beyond else "no") if mean == mean else ""
@@ -93,15 +101,17 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point."""
     parser = cli.parser(__doc__)
     parser.add_argument("experiments", nargs="+", help="reference first, then the experiments to compare with it")
-    parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    parser.add_argument("--out", help="also write the table to this markdown file")
+    parser.add_argument("--force", action="store_true", help="let --out replace a file compare did not write")
     args = parser.parse_args(argv)
     project = project or Project.from_env()
 
     def body() -> int:
-        table = compare(project, args.experiments)
+        out = outputs.check_target(project, output_path(args.out, "--out"), "compare", args.force) if args.out else None
+        table = compare(project, [experiment_arg(e, project) for e in args.experiments])
         print(table)  # noqa: T201 - the command's output
-        if args.out:
-            write_text(args.out, table)
+        if out is not None:
+            outputs.write_text(project, out, table, "compare", args.force)
         return 0
 
     return cli.run(body)

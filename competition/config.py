@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import re
 import typing
 from dataclasses import dataclass, field
@@ -19,10 +20,13 @@ from typing import Annotated, Any, Literal, NamedTuple
 import yaml
 
 from competition.atomic import write_text
+from competition.augment import preset_names, view_names  # registries: the allowed values of the fields below
 from competition.errors import ConfigError
+from competition.metrics import metric_names
 from competition.project import Project, check_name
 
 __all__ = ["Config", "ConfigError", "load_config", "load_saved_config", "save_config", "to_dict", "replace"]
+log = logging.getLogger(__name__)
 
 
 class Range(NamedTuple):
@@ -34,8 +38,8 @@ class Range(NamedTuple):
     lt: float | None = None
 
 
-Metric = Literal["auc", "f1", "accuracy", "logloss"]
 Probability = Annotated[float, Range(ge=0.0, le=1.0)]
+Seed = Annotated[int, Range(ge=0, le=2**32 - 1)]  # what numpy and torch accept as a seed
 
 
 @dataclass(frozen=True)
@@ -53,14 +57,14 @@ class CompetitionConfig:
     target_column: str = "label"  # submission value column
     class_folders: dict = field(default_factory=dict)  # image-folder layout: {"real": 0, "fake": 1}
     test_folder: str = ""  # image-folder layout: folder of unlabelled test images
-    metric: Metric = "auc"  # what the leaderboard ranks by
+    metric: Literal[metric_names()] = "auc"  # what the leaderboard ranks by (registered in competition.metrics)
     submission_values: Literal["prob", "label"] = "prob"  # probability of AI, or 0/1 at an OOF-chosen threshold
 
 
 @dataclass(frozen=True)
 class FoldsConfig:
     n_splits: Annotated[int, Range(ge=2)] = 5  # K of the K-fold split
-    seed: int = 42  # shuffling seed of the split; same seed -> byte-identical folds file
+    seed: Seed = 42  # shuffling seed of the split; same seed -> byte-identical folds file
     group_column: str = ""  # train.csv column with a group id (pairs, sources): groups never cross folds
     groups: Literal["", "phash", "twins"] = ""  # phash: near-duplicates by perceptual hash; twins: same content (a
     # photo and its AI regeneration) by nearest neighbours of backbone embeddings; group_column wins over both
@@ -94,7 +98,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     img_size: Annotated[int, Range(ge=8, le=4096)] = 224  # crop size fed to the model (before input_upscale)
-    augment: Literal["forensic", "light", "resize", "none"] = "forensic"  # augmentation preset (competition.augment)
+    augment: Literal[preset_names()] = "forensic"  # augmentation preset (registered in competition.augment)
     jpeg_quality_min: Annotated[int, Range(ge=1, le=100)] = 60  # forensic: lowest JPEG re-compression quality
     jpeg_p: Probability = 0.5  # forensic: probability of JPEG re-compression (both classes)
     blur_p: Probability = 0.2  # forensic: probability of Gaussian blur (both classes)
@@ -156,7 +160,7 @@ class TrainConfig:
     # for threshold metrics (f1, accuracy: a step function at a fixed cut), else the competition metric
     label_smoothing: Annotated[float, Range(ge=0.0, lt=1.0)] = 0.0  # BCE target smoothing
     clip_grad: Annotated[float, Range(ge=0.0)] = 0.0  # max global gradient norm (0 = off); unscaled first under fp16
-    seed: int = 42  # seeds model init, shuffling and augmentation
+    seed: Seed = 42  # seeds model init, shuffling and augmentation
     folds: list = field(default_factory=list)  # folds to run; [] = all
     threads: Annotated[int, Range(ge=0, le=1024)] = 0  # torch CPU threads; 0 = all cores
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
@@ -164,7 +168,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TTAConfig:
-    views: Literal["identity", "hflip", "d4"] = "hflip"  # flips/rotations averaged at test time (d4 = 8 views)
+    views: Literal[view_names()] = "hflip"  # flips/rotations averaged at test time (d4 = 8 views; competition.augment)
     crops: Literal[1, 5] = 1  # native-scale crops per image larger than img_size: 1 (centre) or 5 (corners + centre)
     tiles: Annotated[int, Range(ge=0, le=8)] = 0  # n > 0: an n x n grid of native img_size tiles spread evenly
     # over the whole image (covering it when n x img_size >= its sides) plus the centre crop, averaged; needs crops: 1
@@ -218,19 +222,61 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
-# YAML 1.2 booleans: only true/false. PyYAML follows YAML 1.1, where on/off/yes/no are booleans too, so the
-# documented values `train.amp: off` and `data.crop_cache: on` would arrive as True/False and be refused.
-_BOOL = "tag:yaml.org,2002:bool"
+# YAML 1.2 core schema for scalars. PyYAML follows YAML 1.1, where on/off/yes/no are booleans (the documented
+# values `train.amp: off` and `data.crop_cache: on` would arrive as True/False and be refused), `1e-3` and `.5e2`
+# are strings (no dot / no exponent sign), `017` is octal, `1:30` is 90 and `2024-01-01` a date. Here only
+# true/false are booleans, every spelling of a number a number, and everything else a string.
+_BOOL, _INT, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_SCALARS_1_1 = {_BOOL, _INT, _FLOAT, "tag:yaml.org,2002:timestamp"}
 _UniqueKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _SCALARS_1_1]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _UniqueKeyLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_UniqueKeyLoader.add_implicit_resolver(_INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                                       list("-+0123456789"))
+_UniqueKeyLoader.add_implicit_resolver(
+    _FLOAT, re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+                       r"|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
 
 
-def parse_yaml(text: str, where: str) -> Any:
-    """YAML text -> data, with a one-line error naming `where` for syntax errors, tags and duplicate keys."""
+def _yaml_int(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> int:
+    """A YAML 1.2 integer: decimal (leading zeros allowed, not octal), 0o octal or 0x hex."""
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    sign = -1 if text.startswith("-") else 1
+    digits = text.lstrip("+-")
+    base = {"0o": 8, "0x": 16}.get(digits[:2].lower(), 10)
+    return sign * int(digits[2:] if base != 10 else digits, base)
+
+
+def _yaml_float(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> float:
+    """A YAML 1.2 float: 1e-3, 5E-4, .5, +1.0, -.inf, .nan."""
+    text = str(loader.construct_scalar(node)).replace("_", "").lower()
+    return float(text.replace(".inf", "inf").replace(".nan", "nan"))
+
+
+_UniqueKeyLoader.add_constructor(_INT, _yaml_int)
+_UniqueKeyLoader.add_constructor(_FLOAT, _yaml_float)
+
+
+def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
+    """Dotted key -> the 1-based line it is written on, for every key of a composed YAML document."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                dotted = f"{prefix}{key_node.value}"
+                lines[dotted] = key_node.start_mark.line + 1
+                lines.update(_key_lines(value_node, f"{dotted}."))
+    return lines
+
+
+def parse_yaml_lines(text: str, where: str) -> tuple[Any, dict[str, int]]:
+    """YAML text -> (data, dotted key -> line), with a one-line error naming `where` for syntax errors, tags and
+    duplicate keys."""
+    loader = _UniqueKeyLoader(text)
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), _key_lines(node)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     except yaml.YAMLError as err:
@@ -239,6 +285,13 @@ def parse_yaml(text: str, where: str) -> Any:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{where}: not valid YAML{at}: {problem} (tabs are not allowed for indentation; "
                           f"tags like !!python/object are refused)") from None
+    finally:
+        loader.dispose()
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text -> data, with a one-line error naming `where` for syntax errors, tags and duplicate keys."""
+    return parse_yaml_lines(text, where)[0]
 
 
 def experiment_file(name_or_path: str, project: Project) -> Path:
@@ -249,12 +302,23 @@ def experiment_file(name_or_path: str, project: Project) -> Path:
             check_name(path.stem)  # `..yaml` would put outputs in experiments/. or above
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
-        return path if path.is_absolute() else (Path.cwd() / path)
+        from competition.paths import PathNotFound, experiment_yaml  # where the person typed it, then the project
+
+        try:
+            return experiment_yaml(name_or_path, project)
+        except PathNotFound as err:
+            raise ConfigError(f"{err} (config file not found)") from None
     return project.experiments / f"{check_name(name_or_path)}.yaml"
 
 
-def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
-    """Read one YAML file and merge it over its `base:` chain."""
+Origins = dict  # dotted key -> where it was set: "<file>:<line>" or "override '<section.key=value>'"
+EXPERIMENT_EXAMPLE = "write what differs from the defaults, e.g. `train: {epochs: 3}` (or `base: exp001` to copy one)"
+COMPETITION_EXAMPLE = ("give it the competition's settings, e.g. `competition: {name: cifake, data_dir: data}`, "
+                       "or delete it")
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...], example: str = EXPERIMENT_EXAMPLE) -> tuple[dict, Origins]:
+    """Read one YAML file and merge it over its `base:` chain: (data, where each key was set)."""
     path = path.resolve()
     if path in chain:
         cycle = " -> ".join(p.name for p in (*chain, path))
@@ -265,18 +329,33 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read ({type(err).__name__}); is it a YAML text file?") from None
-    data = parse_yaml(text, str(path)) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    data, lines = parse_yaml_lines(text, str(path))
+    _check_top_level(data, path, f" (the `base:` of {chain[-1].name})" if chain else "", example)
+    origins = {key: f"{path}:{line}" for key, line in lines.items()}
     base = data.pop("base", None)
     if base is None:
-        return data
+        return data, origins
     if not isinstance(base, str):
-        raise ConfigError(f"{path}: `base:` must be a file name such as base.yaml, got {base!r}")
+        raise ConfigError(f"{path}:{lines['base']}: `base:` must be a file name such as base.yaml, got {base!r}")
     base_path = path.parent / base
     if not base_path.suffix and not base_path.is_file():
         base_path = base_path.with_suffix(".yaml")  # `base: exp010` means exp010.yaml, like the command line
-    return _merge(_read_yaml(base_path, (*chain, path)), data)
+    if not base_path.is_file() and base_path.resolve() not in chain:
+        raise ConfigError(f"{path}:{lines['base']}: `base: {base}` names {base_path}, which does not exist; fix the "
+                          f"name (relative to {path.parent})")
+    base_data, base_origins = _read_yaml(base_path, (*chain, path), example)
+    return _merge(base_data, data), {**base_origins, **origins}
+
+
+def _check_top_level(data: Any, path: Path, role: str, example: str) -> None:
+    """Refuse a file that is empty (blank, only comments or null) or whose top level is not a mapping; an explicit
+    `{}` is a deliberate "all defaults" and loads."""
+    if data is None:
+        raise ConfigError(f"{path}{role}: the file is empty (no keys, only blanks or comments); {example}")
+    if not isinstance(data, dict):
+        shown = repr(data) if len(repr(data)) <= 40 else repr(data)[:37] + "..."
+        raise ConfigError(f"{path}{role}: the top level is a {type(data).__name__} ({shown}), not a mapping of "
+                          f"sections; {example}")
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -288,6 +367,34 @@ def _merge(base: dict, over: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+def origin_of(origins: Origins, dotted: str) -> str:
+    """Where a key (or the nearest section above it) was set; "" when only the defaults did."""
+    if dotted in origins:
+        return origins[dotted]
+    below = [where for key, where in origins.items() if key.startswith(f"{dotted}.")]
+    if below:
+        return below[0]
+    parts = dotted.split(".")
+    for end in range(len(parts) - 1, 1, -1):  # a key inside a mapping value (class_folders.real), not a section
+        if (found := origins.get(".".join(parts[:end]))):
+            return found
+    return ""
+
+
+def locate(err: ConfigError, origins: Origins, default: str) -> str:
+    """The file:line (or override) that set the keys an error is about, else `default` (the experiment file)."""
+    found = [origin_of(origins, key) for key in getattr(err, "keys", ())]
+    found = [f"{f} (on top of {Path(default).name})" if f.startswith("override ") else f for f in found if f]
+    return " and ".join(dict.fromkeys(found)) or default
+
+
+def refuse(message: str, *keys: str) -> ConfigError:
+    """A ConfigError about the given dotted keys (so the loader can name the file and line that set them)."""
+    err = ConfigError(message)
+    err.keys = keys
+    return err
 
 
 OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+=.*", re.S)
@@ -305,25 +412,43 @@ def is_override(item: str) -> bool:
     return bool(OVERRIDE.fullmatch(expand_shorthand(item)))
 
 
+def override_error(item: str) -> ConfigError:
+    """The one refusal of a word that is not section.key=value; `epochs=3` is told `train.epochs=3`."""
+    key, sep, value = item.partition("=")
+    homes = _homes(key.strip()) if sep else []
+    fix = f"; {key.strip()} belongs in {homes[0]}: {homes[0]}.{key.strip()}={value}" if len(homes) == 1 else (
+        f"; {key.strip()} is a key of {' and of '.join(homes)}: e.g. {homes[0]}.{key.strip()}={value}" if homes
+        else ", e.g. train.epochs=3")
+    return ConfigError(f"override {item!r}: expected section.key=value{fix}")
+
+
 def parse_overrides(items: list[str]) -> dict:
     """Turn `train.epochs=3 model.name=resnet18` into a nested dict (values parsed as YAML)."""
+    return overrides_with_origins(items)[0]
+
+
+def overrides_with_origins(items: list[str]) -> tuple[dict, Origins]:
+    """parse_overrides, plus dotted key -> "override '<item>'" for each key an override sets."""
     out: dict = {}
-    for item in map(expand_shorthand, items):
+    origins: Origins = {}
+    for original in items:
+        item = expand_shorthand(original)
         if not is_override(item):
-            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.epochs=3")
+            raise override_error(item)
         dotted, raw = item.split("=", 1)
         node = out
         keys = dotted.strip().split(".")
         for key in keys[:-1]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: `{key}` is a value, not a section")
-        node[keys[-1]] = parse_yaml(raw, f"override {item!r}") if raw != "" else ""
-    return out
+                raise ConfigError(f"override {original!r}: `{key}` is a value, not a section")
+        node[keys[-1]] = parse_yaml(raw, f"override {original!r}") if raw != "" else ""
+        origins[dotted.strip()] = f"override {original!r}"
+    return out, origins
 
 
 def _check_type(where: str, value: Any, hint: Any) -> Any:
-    """Return value coerced to hint (int -> float only), or raise a ConfigError naming the key."""
+    """Return value coerced to hint (int -> float, integral float -> int), or raise a ConfigError naming the key."""
     if typing.get_origin(hint) is Annotated:
         base, *extras = typing.get_args(hint)
         value = _check_type(where, value, base)
@@ -339,6 +464,8 @@ def _check_type(where: str, value: Any, hint: Any) -> Any:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}{near}")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)  # `1e3` is a YAML 1.2 float; as a count it means 1000
     ok = isinstance(value, int) and not isinstance(value, bool) if hint is int else isinstance(value, hint)
     if hint is float and ok and value != value:
         raise ConfigError(f"{where}: NaN is not a valid value")
@@ -353,34 +480,123 @@ def _check_range(where: str, value: float, bound: Range) -> None:
              (bound.le, value <= (bound.le or 0), "<="), (bound.lt, value < (bound.lt or 0), "<")]
     failed = [f"{op} {limit:g}" for limit, ok, op in tests if limit is not None and not ok]
     if failed:
-        want = " and ".join(f"{op} {limit:g}" for limit, _, op in tests if limit is not None)
+        want = " and ".join(f"{op} {limit if isinstance(limit, int) else format(limit, 'g')}"
+                            for limit, _, op in tests if limit is not None)
         raise ConfigError(f"{where}: {value!r} is out of range; it must be {want}")
 
 
-def _build(cls: type, data: dict, where: str) -> Any:
-    """Build a (nested) config dataclass from a dict, refusing unknown keys, wrong types and bad ranges."""
+def field_hints(cls: type) -> dict[str, Any]:
+    """A config dataclass's fields -> their annotations (Annotated/Literal kept), in declaration order."""
     hints = typing.get_type_hints(cls, include_extras=True)
-    names = [f.name for f in dataclasses.fields(cls)]
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def sections() -> dict[str, type]:
+    """Section name -> its dataclass (competition, folds, model, data, train, tta, pseudo)."""
+    return {name: hint for name, hint in field_hints(Config).items() if dataclasses.is_dataclass(hint)}
+
+
+def _homes(key: str, but: str = "") -> list[str]:
+    """The sections (other than `but`) that have a key of this name."""
+    return [name for name, cls in sections().items() if name != but and key in field_hints(cls)]
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether value would be accepted by a field of this type (a section: any mapping)."""
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, dict)
+    try:
+        _check_type("", value, hint)
+    except ConfigError:
+        return False
+    return True
+
+
+def _unknown_key(cls: type, key: str, value: Any, path: str, root: dict) -> ConfigError:
+    """Why `path` is refused, and where it belongs or what was meant when taking the suggestion can work."""
+    section = path[:len(path) - len(key)].rstrip(".")  # "" at the top level (where the key itself may hold dots)
+    hints = field_hints(cls)
+    if section and key in sections():
+        return refuse(f"`{path}`: {key} is a section of its own, not a key of {section}; write `{key}:` at the top "
+                      f"level (not indented under `{section}:`)", path)
+    head, _, tail = key.partition(".")
+    if not section and head in sections() and tail in field_hints(sections()[head]):
+        return refuse(f"`{key}`: YAML does not split dotted keys; write it nested: `{head}:` on one line, "
+                      f"`  {tail}: ...` indented under it (the dotted form is for command-line overrides)", path)
+    here = f"a key of {section}" if section else "a top-level key"
+    homes = _homes(key, section)
+    fitting = [s for s in homes if _fits(value, field_hints(sections()[s])[key])]
+    taken = [s for s in fitting if isinstance(root.get(s), dict) and key in root[s]]
+    if fitting and taken == fitting:
+        return refuse(f"`{path}` is not {here}; it belongs in {taken[0]}, where `{taken[0]}.{key}` is already set: "
+                      f"delete this one", path)
+    if fitting:
+        free = [s for s in fitting if s not in taken]
+        also = f" (`{taken[0]}.{key}` is already set)" if taken else ""
+        target = f"{free[0]}: {free[0]}.{key}" if len(free) == 1 else "a section: " + " or ".join(
+            f"{s}.{key}" for s in free)
+        return refuse(f"`{path}` is not {here}; it belongs in {target}{also}", path)
+    if homes:
+        why = ConfigError("")
+        try:
+            _check_type(f"`{homes[0]}.{key}`", value, field_hints(sections()[homes[0]])[key])
+        except ConfigError as err:
+            why = err
+        return refuse(f"`{path}` is not {here} (`{homes[0]}.{key}` is, but {why})", path)
+    close = [n for n in difflib.get_close_matches(str(key), list(hints), n=3) if _fits(value, hints[n])]
+    if close:
+        return refuse(f"unknown config key `{path}`; did you mean `{close[0]}`?", path)
+    elsewhere = [f"{s}.{n}" for s, c in sections().items() if s != section
+                 for n in difflib.get_close_matches(str(key), list(field_hints(c)), n=1, cutoff=0.8)
+                 if _fits(value, field_hints(c)[n])]
+    hint = f"did you mean `{elsewhere[0]}`?" if elsewhere else f"valid keys: {', '.join(hints)}"
+    return refuse(f"unknown config key `{path}`; {hint}", path)
+
+
+def _build(cls: type, data: dict, where: str, dropped: list[str] | None = None, root: dict | None = None) -> Any:
+    """Build a (nested) config dataclass from a dict, refusing unknown keys, wrong types and bad ranges.
+
+    dropped: a list to collect unknown keys into instead of refusing them (saved configs of older kits)."""
+    hints = field_hints(cls)
+    root = data if root is None else root
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean `{close[0]}`?" if close else f"; valid keys: {', '.join(names)}"
-            raise ConfigError(f"unknown config key `{path}`{hint}")
+        if key not in hints:
+            if dropped is None:
+                raise _unknown_key(cls, str(key), value, path, root)
+            dropped.append(path)
+            continue
         hint_t = hints[key]
-        if dataclasses.is_dataclass(hint_t):
-            if not isinstance(value, dict):
-                raise ConfigError(f"`{path}` must be a mapping of keys, got {value!r}")
-            kwargs[key] = _build(hint_t, value, path)
-        else:
-            kwargs[key] = _check_type(f"`{path}`", value, hint_t)
+        try:
+            if dataclasses.is_dataclass(hint_t):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"`{path}` must be a mapping of keys (`{key}:` with `key: value` lines "
+                                      f"indented under it), got {value!r}")
+                kwargs[key] = _build(hint_t, value, path, dropped, root)
+            else:
+                kwargs[key] = _check_type(f"`{path}`", value, hint_t)
+        except ConfigError as err:
+            if not getattr(err, "keys", ()):
+                err.keys = (path,)
+            raise
     return cls(**kwargs)
 
 
-def from_dict(data: dict, where: str = "") -> Config:
-    """A Config from plain nested dicts (a saved config.yaml or a checkpoint's config), checked like a file."""
-    return _build(Config, data, where)
+_DROPPED_WARNED: set[str] = set()  # saved keys already warned about in this process (once per key, not per fold)
+
+
+def from_dict(data: dict, where: str = "a saved config") -> Config:
+    """A Config from plain nested dicts (a saved config.yaml or a checkpoint's config), read leniently: keys the
+    kit no longer knows are dropped with one warning each, keys it added since read as their defaults."""
+    dropped: list[str] = []
+    cfg = _build(Config, data, "", dropped)
+    for key in dropped:
+        if key not in _DROPPED_WARNED:
+            _DROPPED_WARNED.add(key)
+            log.warning("%s: ignoring `%s`: written by an older version of the kit, which this one no longer has",
+                        where, key)
+    return cfg
 
 
 def to_dict(cfg: Config) -> dict:
@@ -393,74 +609,92 @@ def replace(cfg: Config, **sections: dict) -> Config:
     return _build(Config, _merge(to_dict(cfg), sections), "")
 
 
-def validate(cfg: Config, where: str, project: Project, check_model: bool = True) -> None:
-    """Cross-field checks, model names and weight files; raise one ConfigError line on the first problem."""
-    check_name(cfg.competition.name, "competition.name")
+def validate(cfg: Config, where: str, project: Project, check_model: bool = True,
+             origins: Origins | None = None) -> None:
+    """Cross-field checks, model names and weight files; raise one ConfigError line on the first problem, naming
+    the file and line (or override) that set the keys at fault when origins are given, else `where`."""
+    try:
+        _validate_fields(cfg)
+        if check_model:
+            _validate_model(cfg.model, project)
+            _validate_input_size(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{locate(err, origins or {}, where)}: {err}") from None
+
+
+def _validate_fields(cfg: Config) -> None:
+    """The checks that need neither timm's model list nor the weight files."""
+    try:
+        check_name(cfg.competition.name, "competition.name")
+    except ConfigError as err:
+        raise refuse(str(err), "competition.name") from None
     if cfg.train.min_lr > cfg.train.lr:
-        raise ConfigError(f"{where}: `train.min_lr: {cfg.train.min_lr:g}` is above `train.lr: {cfg.train.lr:g}`; "
-                          f"the schedule decays from lr down to min_lr")
-    _validate_encoding(cfg.data.normalize_encoding, where)
-    _validate_optimizer(cfg.train.optimizer, where)
-    _validate_recipes(cfg, where)
+        raise refuse(f"`train.min_lr: {cfg.train.min_lr:g}` is above `train.lr: {cfg.train.lr:g}`; the schedule "
+                     f"decays from lr down to min_lr", "train.min_lr", "train.lr")
+    _validate_encoding(cfg.data.normalize_encoding)
+    _validate_optimizer(cfg.train.optimizer)
+    _validate_recipes(cfg)
     if cfg.tta.tiles and cfg.tta.crops != 1:
-        raise ConfigError(f"{where}: `tta.tiles: {cfg.tta.tiles}` and `tta.crops: {cfg.tta.crops}` are two eval "
-                          f"geometries; keep one (tiles cover the image, crops: 5 takes its corners)")
+        raise refuse(f"`tta.tiles: {cfg.tta.tiles}` and `tta.crops: {cfg.tta.crops}` are two eval geometries; keep "
+                     f"one (tiles cover the image, crops: 5 takes its corners)", "tta.tiles", "tta.crops")
     bad_folds = [f for f in cfg.train.folds if not isinstance(f, int) or isinstance(f, bool)
                  or not 0 <= f < cfg.folds.n_splits]
     if bad_folds:
-        raise ConfigError(f"{where}: `train.folds` {bad_folds} outside 0..{cfg.folds.n_splits - 1}")
+        raise refuse(f"`train.folds` {bad_folds} outside 0..{cfg.folds.n_splits - 1}", "train.folds")
     if len(set(cfg.train.folds)) != len(cfg.train.folds):
-        raise ConfigError(f"{where}: `train.folds: {cfg.train.folds}` lists a fold twice; list each fold once")
+        raise refuse(f"`train.folds: {cfg.train.folds}` lists a fold twice; list each fold once", "train.folds")
     if cfg.competition.class_folders and any(v not in (0, 1) or isinstance(v, bool)
                                              for v in cfg.competition.class_folders.values()):
-        raise ConfigError(f"{where}: `competition.class_folders: {cfg.competition.class_folders}` must map "
-                          f"folder names to 0 (human) or 1 (AI)")
-    if check_model:
-        _validate_model(cfg.model, where, project)
-        _validate_input_size(cfg, where)
+        raise refuse(f"`competition.class_folders: {cfg.competition.class_folders}` must map folder names to 0 "
+                     f"(human) or 1 (AI)", "competition.class_folders")
 
 
-def _validate_optimizer(name: str, where: str) -> None:
+def _validate_optimizer(name: str) -> None:
     """train.optimizer must be a timm optimizer name."""
     from timm.optim import list_optimizers  # imported here: config loading does not need timm otherwise
 
     known = list_optimizers()
     if name not in known:
         close = difflib.get_close_matches(name, known, n=3)
-        raise ConfigError(f"{where}: `train.optimizer: {name}` is not a timm optimizer"
-                          f"{' (close: ' + ', '.join(close) + ')' if close else ''}; see timm.optim.list_optimizers()")
+        raise refuse(f"`train.optimizer: {name}` is not a timm optimizer"
+                     f"{' (close: ' + ', '.join(close) + ')' if close else ''}; see timm.optim.list_optimizers()",
+                     "train.optimizer")
 
 
-def _validate_recipes(cfg: Config, where: str) -> None:
+def _validate_recipes(cfg: Config) -> None:
     """SWA window inside the schedule, a teacher that is another experiment."""
     if cfg.train.swa and cfg.train.swa_epochs > cfg.train.epochs:
-        raise ConfigError(f"{where}: `train.swa_epochs: {cfg.train.swa_epochs}` is more than `train.epochs: "
-                          f"{cfg.train.epochs}`; average at most the epochs that run")
+        raise refuse(f"`train.swa_epochs: {cfg.train.swa_epochs}` is more than `train.epochs: {cfg.train.epochs}`; "
+                     f"average at most the epochs that run", "train.swa_epochs", "train.epochs")
     if cfg.train.swa and cfg.train.patience:
-        raise ConfigError(f"{where}: `train.swa` averages the last {cfg.train.swa_epochs} epochs, but early stopping "
-                          f"(`train.patience: {cfg.train.patience}`) may end the fold before them; set train.patience=0")
+        raise refuse(f"`train.swa` averages the last {cfg.train.swa_epochs} epochs, but early stopping "
+                     f"(`train.patience: {cfg.train.patience}`) may end the fold before them; set train.patience=0",
+                     "train.swa", "train.patience")
     if (cfg.train.mixup or cfg.train.cutmix) and cfg.train.batch_size % 2:
-        raise ConfigError(f"{where}: mixup/cutmix pair each image with another in its batch; make `train.batch_size: "
-                          f"{cfg.train.batch_size}` even")
+        raise refuse(f"mixup/cutmix pair each image with another in its batch; make `train.batch_size: "
+                     f"{cfg.train.batch_size}` even", "train.batch_size")
     if cfg.pseudo.teacher:
-        check_name(cfg.pseudo.teacher, "pseudo.teacher")
+        try:
+            check_name(cfg.pseudo.teacher, "pseudo.teacher")
+        except ConfigError as err:
+            raise refuse(str(err), "pseudo.teacher") from None
         if cfg.pseudo.teacher == cfg.name:
-            raise ConfigError(f"{where}: `pseudo.teacher: {cfg.pseudo.teacher}` is this experiment; name an "
-                              f"experiment that has finished, e.g. pseudo.teacher=exp001")
+            raise refuse(f"`pseudo.teacher: {cfg.pseudo.teacher}` is this experiment; name an experiment that has "
+                         f"finished, e.g. pseudo.teacher=exp001", "pseudo.teacher")
 
 
-def _validate_encoding(spec: dict, where: str) -> None:
+def _validate_encoding(spec: dict) -> None:
     """normalize_encoding must be {} or {format: jpeg|png|webp, quality: 1..100}."""
     if not spec:
         return
     unknown = set(spec) - {"format", "quality"}
     fmt, quality = spec.get("format"), spec.get("quality", 90)
     if unknown or fmt not in ("jpeg", "png", "webp") or not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise ConfigError(f"{where}: `data.normalize_encoding: {spec}` must look like {{format: jpeg, quality: 90}} "
-                          f"(format jpeg|png|webp, quality 1-100)")
+        raise refuse(f"`data.normalize_encoding: {spec}` must look like {{format: jpeg, quality: 90}} "
+                     f"(format jpeg|png|webp, quality 1-100)", "data.normalize_encoding")
 
 
-def _validate_model(model: ModelConfig, where: str, project: Project) -> None:
+def _validate_model(model: ModelConfig, project: Project) -> None:
     """Refuse unknown timm models (with close names) and missing weight files."""
     import timm  # imported here: config loading for folds/ensemble does not need torch
 
@@ -468,15 +702,14 @@ def _validate_model(model: ModelConfig, where: str, project: Project) -> None:
     if model.name not in known and model.name.split(".")[0] not in known:
         close = difflib.get_close_matches(model.name, known, n=3, cutoff=0.6)
         hint = f"; close names: {', '.join(close)}" if close else "; see timm.list_models()"
-        raise ConfigError(f"{where}: unknown timm model `model.name: {model.name}`{hint}")
+        raise refuse(f"unknown timm model `model.name: {model.name}`{hint}", "model.name")
     if model.pretrained_file and not project.resolve(model.pretrained_file).is_file():
-        raise ConfigError(
-            f"{where}: weights file `model.pretrained_file: {model.pretrained_file}` not found "
-            f"(looked at {project.resolve(model.pretrained_file)}); fix the path or set model.pretrained=false"
-        )
+        raise refuse(f"weights file `model.pretrained_file: {model.pretrained_file}` not found (looked at "
+                     f"{project.resolve(model.pretrained_file)}); fix the path or set model.pretrained=false",
+                     "model.pretrained_file")
 
 
-def _validate_input_size(cfg: Config, where: str) -> None:
+def _validate_input_size(cfg: Config) -> None:
     """Models with a fixed input size (ViTs) must get exactly that size: img_size x input_upscale."""
     from timm.models import get_pretrained_cfg
 
@@ -485,9 +718,44 @@ def _validate_input_size(cfg: Config, where: str) -> None:
         return
     want, got = pcfg.input_size[-1], cfg.data.img_size * cfg.model.input_upscale
     if got != want:
-        raise ConfigError(f"{where}: {cfg.model.name} takes exactly {want}x{want} inputs, but data.img_size "
-                          f"{cfg.data.img_size} x model.input_upscale {cfg.model.input_upscale} = {got}; set "
-                          f"data.img_size={want // cfg.model.input_upscale} or pick a CNN")
+        raise refuse(f"{cfg.model.name} takes exactly {want}x{want} inputs, but data.img_size {cfg.data.img_size} x "
+                     f"model.input_upscale {cfg.model.input_upscale} = {got}; set data.img_size="
+                     f"{want // cfg.model.input_upscale} or pick a CNN", "data.img_size", "model.input_upscale",
+                     "model.name")
+
+
+class Resolved(NamedTuple):
+    """A loaded config and where each key that is not a default was set."""
+
+    cfg: Config
+    origins: Origins  # dotted key -> "<file>:<line>" or "override '<item>'"
+    where: str  # the experiment file (competition.yaml when no experiment)
+
+
+def resolve_config(name_or_path: str | Path = "", overrides: list[str] | None = None,
+                   project: Project | None = None, check_model: bool = True) -> Resolved:
+    """Load, merge (competition.yaml <- base chain <- overrides), build and validate a Config, keeping where
+    each key came from; an error names the file and line (or the override) that set the key at fault."""
+    project = project or Project.from_env()
+    data: dict = {}
+    origins: Origins = {}
+    if project.competition_file.is_file():
+        data, origins = _read_yaml(project.competition_file, (), COMPETITION_EXAMPLE)
+    name, where = "", str(project.competition_file)
+    if name_or_path:
+        path = experiment_file(str(name_or_path), project)
+        exp, exp_origins = _read_yaml(path, ())
+        data, origins = _merge(data, exp), {**origins, **exp_origins}
+        name, where = check_name(path.stem), str(path.resolve())
+    over, over_origins = overrides_with_origins(overrides or [])
+    data, origins = _merge(data, over), {**origins, **over_origins}
+    data["name"] = name
+    try:
+        cfg = _build(Config, data, "")
+    except ConfigError as err:
+        raise ConfigError(f"{locate(err, origins, where)}: {err}") from None
+    validate(cfg, where, project, check_model, origins)
+    return Resolved(cfg, origins, where)
 
 
 def load_config(name_or_path: str | Path = "", overrides: list[str] | None = None, project: Project | None = None,
@@ -496,40 +764,39 @@ def load_config(name_or_path: str | Path = "", overrides: list[str] | None = Non
 
     check_model=False skips the timm model / weights checks (for steps that never build a model).
     """
-    project = project or Project.from_env()
-    data: dict = {}
-    if project.competition_file.is_file():
-        data = _read_yaml(project.competition_file, ())
-    name, where = "", str(project.competition_file)
-    if name_or_path:
-        path = experiment_file(str(name_or_path), project)
-        data = _merge(data, _read_yaml(path, ()))
-        name, where = check_name(path.stem), str(path)
-    data = _merge(data, parse_overrides(overrides or []))
-    data["name"] = name
-    try:
-        cfg = _build(Config, data, "")
-    except ConfigError as err:
-        raise ConfigError(f"{where}: {err}") from None
-    validate(cfg, where, project, check_model)
-    return cfg
+    return resolve_config(name_or_path, overrides, project, check_model).cfg
 
 
 def load_saved_config(path: Path) -> Config:
     """The resolved config an experiment saved (experiments/<exp>/config.yaml), rebuilt and frozen.
 
-    Keys the kit added after the run read as their defaults; keys it no longer knows are refused."""
+    Read leniently (it was written by the kit, maybe an older one): keys the kit added after the run read as
+    their defaults; keys it no longer knows are dropped with one warning each."""
     if not path.is_file():
         raise ConfigError(f"{path} not found - run the experiment first")
-    data = parse_yaml(path.read_text(), str(path))
+    try:  # written by yaml.safe_dump (quoting for YAML 1.1), so read back by YAML 1.1's rules: exact, also for old runs
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not a saved config ({type(err).__name__}); rerun the experiment") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: not a saved config (top level is {type(data).__name__}); rerun the experiment")
     try:
-        return from_dict(data)
+        return from_dict(data, str(path))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 
 
+class _QuotingDumper(yaml.SafeDumper):
+    """safe_dump that quotes every string YAML 1.1 or 1.2 would read as something else (`off`, `1e3`), so a saved
+    config reads back the same through this loader and through plain yaml.safe_load."""
+
+
+_QuotingDumper.yaml_implicit_resolvers = {
+    first: [*yaml.SafeDumper.yaml_implicit_resolvers.get(first, []),
+            *_UniqueKeyLoader.yaml_implicit_resolvers.get(first, [])]
+    for first in {*yaml.SafeDumper.yaml_implicit_resolvers, *_UniqueKeyLoader.yaml_implicit_resolvers}}
+
+
 def save_config(cfg: Config, path: Path) -> None:
     """Write the resolved config as YAML, atomically."""
-    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text(path, yaml.dump(to_dict(cfg), Dumper=_QuotingDumper, sort_keys=False))

@@ -27,7 +27,9 @@ from typing import Callable
 import numpy as np
 
 from competition.atomic import DiskFullError, atomic_path, free_bytes
-from competition.dataset import _cache_key, _reserve, decoder_signature, probe_sizes
+from competition.augment import get_preset
+from competition.decode import decoder_signature
+from competition.image_cache import _cache_key, _reserve, probe_sizes
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ AUTO_MIN_PIXELS = 8  # crop_cache=auto turns on when the median image has >= thi
 def wants_crop_cache(mode: str, augment: str, img_size: int, paths: list[str], n: int = 64) -> bool:
     """Whether training should use TrainWindows: on/off as configured; auto = random-crop presets on images whose
     median pixel count (first n readable) is at least AUTO_MIN_PIXELS crops (decoding then dominates)."""
-    if mode == "off" or augment not in ("forensic", "light"):
+    if mode == "off" or not get_preset(augment).random_crop:
         return False
     if mode == "on":
         return True

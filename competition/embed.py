@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from competition.config import Config, ModelConfig
-from competition.dataset import BadImageError, decode_image
+from competition.decode import BadImageError, decode_image
 from competition.errors import ConfigError
 from competition.grouping import stat_key
 from competition.model import backbone_from_file, local_weights

@@ -1,19 +1,24 @@
 """Blend experiments on their OOF predictions, score the blend honestly, write a validated submission.
 
-    python -m competition.ensemble exp001 exp002 [exp003 ...] [--method auto|mean|rank|logit|hill|optimize|stack]
-                                                [--name NAME]
+    python -m competition.ensemble exp001 exp002 [exp003 ...] [--method auto|METHOD] [--name NAME] [--force]
 
-Methods (competition.blend): `mean`, `rank`, `logit`, `hill`, `optimize`, `stack`. Every method is scored
+Methods: the registry competition.blend.BLENDERS (listed under --method below). Every method is scored
 by nested cross-validation over the members' own folds: weights (fitted on a smooth objective: log loss
 for f1/accuracy), calibration and threshold are fitted on K-1 folds' OOF and label the held-out fold;
 the held-out predictions are pooled and scored once, exactly as each member's OOF is. `auto` chooses the
 method inside the nested CV (on the inner folds), so its score pays for the choice. The in-sample score
 (fitted and scored on all OOF) is printed beside it, labelled as such; it flatters.
 The fitted blend is saved in the sidecar and is what `predict` and `serve` load.
+
+Members must come from one competition, one training set (inputs.json fingerprint, OOF ids, labels and folds)
+and one metric; anything else is refused. submissions/<name>.csv is overwritten only by a re-blend with the
+same settings (members, method, metric, calibration, values, data); otherwise pass another --name or --force.
+The submission is refused when it carries no information (competition.submission.check_information).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import logging
 import subprocess
@@ -23,15 +28,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from competition import cli
+from competition import cli, options
 from competition.atomic import write_csv, write_json
 from competition.config import CompetitionConfig, is_override, load_config
 from competition.errors import KitError
-from competition.leaderboard import read_json, write_leaderboard
-from competition.blend import METHODS, Blend, choose, nested_auto, nested_cv
-from competition.metrics import THRESHOLD_METRICS, best_threshold, positive_rates, score, score_note, warn_positive_rates
+from competition.leaderboard import (SCOPE_FIELDS, experiment_scope, member_state, read_json, scope_title,
+                                     write_leaderboard)
+from competition.blend import Blend, auto_methods, choose, describe_methods, method_names, nested_auto, nested_cv
+from competition.metrics import (THRESHOLD_METRICS, best_threshold, get_metric, positive_rates, score, score_note,
+                                 warn_positive_rates)
+from competition.paths import experiment_arg
 from competition.project import Project
-from competition.submission import build_submission, write_submission
+from competition.submission import Evidence, SubmissionError, build_submission, write_submission
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +74,62 @@ def load_oof(project: Project, name: str) -> pd.DataFrame:
         raise EnsembleError(f"{metrics_file}: unreadable - rerun `./run.sh {name}` to rewrite it")
     if not metrics.get("complete", False):
         raise EnsembleError(f"{metrics_file}: experiment ran only some folds; finish it before blending")
-    oof = pd.read_csv(oof_file, dtype={"id": str}, keep_default_na=False)
+    oof = read_predictions(oof_file, name)
     if oof["id"].duplicated().any():
         raise EnsembleError(f"{oof_file}: ids listed twice - rerun `./run.sh {name} --restart`")
     return oof
 
 
+def read_predictions(file: Path, name: str) -> pd.DataFrame:
+    """oof.csv or test.csv of an experiment: ids as text, `prob` a number on every row (else refused, naming rows)."""
+    try:
+        frame = pd.read_csv(file, dtype={"id": str, "error": str}, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise EnsembleError(f"{file}: unreadable ({type(err).__name__}) - rerun `./run.sh {name} --restart`") from None
+    if not {"id", "prob"} <= set(frame.columns):
+        raise EnsembleError(f"{file}: needs columns id and prob, has {list(frame.columns)} - rerun `./run.sh {name}`")
+    frame["prob"] = pd.to_numeric(frame["prob"], errors="coerce")
+    empty = frame["prob"].isna()
+    if empty.any():
+        raise EnsembleError(f"{file}: {int(empty.sum())} of {len(frame)} rows have no probability (empty/NaN), e.g. "
+                            f"{frame.loc[empty, 'id'].head(3).tolist()} - rerun `./run.sh {name} --restart`")
+    return frame
+
+
 def load_test(project: Project, name: str) -> pd.DataFrame:
     """An experiment's fold-averaged test predictions (id, prob)."""
-    return pd.read_csv(project.experiment_dir(name) / "test.csv", dtype={"id": str}, keep_default_na=False)
+    return read_predictions(project.experiment_dir(name) / "test.csv", name)
+
+
+def test_errors(project: Project, name: str) -> tuple[dict[str, str], str]:
+    """Test ids that got no prediction in an experiment (decode errors, missing files; filled with the prior) with
+    their reason, from test.csv's `error` column or bad_test_images.csv, and the file that lists them."""
+    out = project.experiment_dir(name)
+    for file in (out / "test.csv", out / "bad_test_images.csv"):
+        if file.is_file():
+            frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+            if {"id", "error"} <= set(frame.columns):
+                bad = frame[frame["error"].str.strip() != ""]
+                return dict(zip(bad["id"], bad["error"])), str(file)
+    return {}, ""
+
+
+def check_same_scope(project: Project, names: list[str], comp: CompetitionConfig) -> dict:
+    """Refuse members trained on another competition, other training data or scored by another metric than the
+    first member (fields unknown for an older experiment are not compared); return the shared scope."""
+    scopes = {n: experiment_scope(project.experiment_dir(n)) for n in names}
+    first = scopes[names[0]]
+    for name in names[1:]:
+        for key in SCOPE_FIELDS:
+            if first[key] and scopes[name][key] and first[key] != scopes[name][key]:
+                raise EnsembleError(f"{name} and {names[0]} differ in {key} ({scopes[name][key]} vs {first[key]}): "
+                                    f"{name} is {scope_title(scopes[name])}, {names[0]} is {scope_title(first)} - blend "
+                                    f"experiments of one competition, training data and metric (rerun one on the other's)")
+    known = next((s["competition"] for s in scopes.values() if s["competition"]), "")
+    if known and known != comp.name:
+        raise EnsembleError(f"{names[0]} was trained on competition `{known}`, but competition.yaml is `{comp.name}` - "
+                            f"blend with the competition.yaml it was trained with (or competition.name={known})")
+    return {**first, **{k: next((s[k] for s in scopes.values() if s[k]), "") for k in SCOPE_FIELDS}}
 
 
 def load_members(project: Project, names: list[str], metric: str) -> Members:
@@ -87,6 +142,10 @@ def load_members(project: Project, names: list[str], metric: str) -> Members:
     for name, oof, test in zip(names[1:], oofs[1:], tests[1:]):
         if len(oof) != len(ref) or not (oof["id"].values == ref["id"].values).all():
             raise EnsembleError(f"{name} and {names[0]} have different OOF ids; blend experiments of one competition")
+        if not (oof["target"].to_numpy(int) == ref["target"].to_numpy(int)).all():
+            n_diff = int((oof["target"].to_numpy(int) != ref["target"].to_numpy(int)).sum())
+            raise EnsembleError(f"{name} and {names[0]} were trained on different labels ({n_diff} OOF rows differ): "
+                                f"train.csv changed between them - rerun the older one on the current data")
         if not (oof["fold"].values == ref["fold"].values).all():
             n_diff = int((oof["fold"].values != ref["fold"].values).sum())
             raise EnsembleError(f"{name} and {names[0]} used different folds ({n_diff} rows differ); nested scores "
@@ -164,39 +223,79 @@ def report(members: Members, results: list[dict], chosen: dict, honest: dict) ->
     return "\n".join(lines)
 
 
+SETTINGS = ("members", "selected_by", "metric", "calibration", "submission_values")  # a blend file's identity
+
+
+def check_destination(project: Project, name: str, settings: dict, force: bool) -> Path:
+    """submissions/<name>.csv, unless it (or its sidecar) holds something else than a blend with these settings:
+    then refused naming the file, --name and --force (a re-blend with identical settings overwrites its own file)."""
+    csv_path = project.submission_file(name)
+    side = csv_path.with_suffix(".json")
+    if force or not (csv_path.exists() or side.exists()):
+        return csv_path
+    saved = read_json(side) if side.is_file() else None
+    if not saved or not isinstance(saved.get("members"), list):
+        raise EnsembleError(f"{csv_path} exists and was not written by competition.ensemble (no blend sidecar "
+                            f"{side.name}) - pass --name NAME for a new file, or --force to overwrite it")
+    scope = saved.get("scope") or {}
+    differ = [f"{k} {saved.get(k)} -> {settings[k]}" for k in SETTINGS if saved.get(k) != settings[k]]
+    differ += [f"{k} {scope[k]} -> {settings['scope'][k]}" for k in SCOPE_FIELDS
+               if scope.get(k) and settings["scope"].get(k) and scope[k] != settings["scope"][k]]
+    if differ:
+        raise EnsembleError(f"{csv_path} holds a blend with other settings ({'; '.join(differ)}) - pass --name NAME to "
+                            f"keep both, or --force to overwrite it")
+    return csv_path
+
+
+def blend_evidence(project: Project, names: list[str], oof_rate: float) -> Evidence:
+    """Test rows without a prediction in any member (with the files listing them) and the blend's OOF positive rate."""
+    empty, files = {}, []
+    for name in names:
+        errors, file = test_errors(project, name)
+        empty.update(errors)
+        files += [file] if errors else []
+    reasons = pd.Series(list(empty.values()), dtype=str).value_counts().head(3)
+    return Evidence(sorted(empty), ", ".join(files), oof_rate, ", ".join(f"{r}: {n}" for r, n in reasons.items()))
+
+
 def blend_experiments(project: Project, names: list[str], method: str, comp: CompetitionConfig, name: str = "",
-                      calibrate: str = "auto") -> dict:
+                      calibrate: str = "auto", force: bool = False) -> dict:
     """Blend, score, write submissions/<name>.csv + .json (with the fitted blend), refresh the leaderboard."""
     members = load_members(project, names, comp.metric)
-    methods = [m for m in METHODS if m != "optimize" or len(names) <= 8] if method == "auto" else [method]
+    shared = check_same_scope(project, names, comp)
+    if shared["metric"] and shared["metric"] != comp.metric:
+        log.warning("members were scored by %s; this blend is fitted and scored by %s (competition.metric)",
+                    shared["metric"], comp.metric)
     if calibrate == "auto":
-        calibrate = "platt" if comp.metric == "logloss" else "none"
-    results, chosen, honest = evaluate(methods, members, calibrate)
+        calibrate = "platt" if get_metric(comp.metric).calibrated else "none"
+    settings = {"members": names, "selected_by": method, "metric": comp.metric, "calibration": calibrate,
+                "submission_values": comp.submission_values, "scope": {**shared, "metric": comp.metric}}
+    csv_path = check_destination(project, name or f"blend_{'_'.join(names)}_{method}", settings, force)
+    results, chosen, honest = evaluate(auto_methods(len(names)) if method == "auto" else [method], members, calibrate)
     print(report(members, results, chosen, honest))  # noqa: T201 - the CLI's answer
     blend: Blend = chosen["blend"].with_reference(members.test)
     prob = blend.apply(members.test)
-    values = blend.label(prob) if comp.submission_values == "label" else prob
-    name = name or f"blend_{'_'.join(names)}_{method if method == 'auto' else chosen['method']}"
-    frame = build_submission(comp, project, members.test_ids, values)
-    csv_path = write_submission(project.submission_file(name), frame, comp, project)
     rates = positive_rates(chosen["blend"].apply(members.oof), prob, blend.threshold)
+    evidence = blend_evidence(project, names, rates["oof"])
+    values = blend.label(prob) if comp.submission_values == "label" else prob
+    frame = build_submission(comp, project, members.test_ids, values)
+    try:
+        write_submission(csv_path, frame, comp, project, evidence)
+    except SubmissionError as err:
+        spread = np.ptp(members.test, axis=0)
+        raise SubmissionError(f"{err} [blend method {chosen['method']}{' chosen by auto' if method == 'auto' else ''}; "
+                              f"each member's test predictions span {', '.join(f'{s:.2g}' for s in spread)}: a span "
+                              f"near 0 is a member that predicts a constant; rank ties scores within 1e-5]") from None
     sidecar = {
-        "members": names, "method": chosen["method"], "selected_by": method, "metric": comp.metric,
-        "calibration": calibrate, "blend": blend.to_dict(), "score_note": score_note(comp.metric, blend.threshold),
+        **settings, "method": chosen["method"], "blend": blend.to_dict(),
+        "score_note": score_note(comp.metric, blend.threshold),
         "nested": honest, "in_sample": chosen["in_sample"], "oof_score": chosen["in_sample"],
-        "threshold": blend.threshold, "positive_rate": rates, "submission_values": comp.submission_values,
-        "member_scores": members.member_scores,
-        "methods_tried": [{"method": r["method"], "nested": r["nested"], "in_sample": r["in_sample"]} for r in results],
-        "rows": len(frame), "git_commit": _git_commit(),
+        "threshold": blend.threshold, "positive_rate": rates, "member_scores": members.member_scores,
+        "member_inputs": {n: member_state(project.experiment_dir(n)) for n in names},
+        "no_prediction": evidence.no_prediction, "rows": len(frame), "git_commit": _git_commit(),
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_csv(csv_path.with_suffix(".oof.csv"), pd.DataFrame({
-        "id": members.ids.values, "fold": members.fold, "target": members.target,
-        "nested": honest.pop("held_out"), "in_sample": chosen["blend"].apply(members.oof)}))
-    for r in results:
-        r["nested"].pop("held_out", None)
-    write_json(csv_path.with_suffix(".json"), sidecar)
-    write_leaderboard(project)
+    write_blend_files(project, csv_path, sidecar, members, results, chosen)
     if comp.metric in THRESHOLD_METRICS or comp.submission_values == "label":
         warn_positive_rates(rates, blend.threshold, csv_path.name)
     log.info("submission %s: %s (%s), nested %s: fold mean %.5f ± %.5f (pooled %.5f), in-sample %.5f", csv_path,
@@ -205,23 +304,46 @@ def blend_experiments(project: Project, names: list[str], method: str, comp: Com
     return sidecar
 
 
-def main(argv: list[str] | None = None, project: Project | None = None) -> int:
-    """CLI entry point."""
+def write_blend_files(project: Project, csv_path: Path, sidecar: dict, members: Members, results: list[dict],
+                      chosen: dict) -> None:
+    """<name>.oof.csv (nested and in-sample OOF), <name>.json (the sidecar), then the leaderboard."""
+    write_csv(csv_path.with_suffix(".oof.csv"), pd.DataFrame({
+        "id": members.ids.values, "fold": members.fold, "target": members.target,
+        "nested": sidecar["nested"].pop("held_out"), "in_sample": chosen["blend"].apply(members.oof)}))
+    for r in results:
+        r["nested"].pop("held_out", None)
+    sidecar["methods_tried"] = [{"method": r["method"], "nested": r["nested"], "in_sample": r["in_sample"]}
+                                for r in results]
+    write_json(csv_path.with_suffix(".json"), sidecar)
+    write_leaderboard(project)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ensemble command line; --method's choices are the blend registry's (competition.blend.BLENDERS)."""
     parser = cli.parser(__doc__)
     parser.add_argument("experiments", nargs="+", help="experiment names to blend (1 or more), then any "
                                                        "section.key=value overrides of competition.yaml")
-    parser.add_argument("--method", default="auto", choices=("auto", *METHODS))
+    parser.add_argument("--method", default="auto", type=options.choice("auto", *method_names()),
+                        help=f"auto: chosen inside the nested CV; {describe_methods()}")
     parser.add_argument("--name", default="", help="submission name (default: blend_<members>_<method>)")
-    parser.add_argument("--calibrate", default="auto", choices=("auto", "none", "platt", "temperature"),
-                        help="calibrate the blend's probabilities (auto: platt when the metric is logloss)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--force", action="store_true", help="overwrite submissions/<name>.csv even when it holds "
+                                                             "another blend or a file the kit did not write")
+    parser.add_argument("--calibrate", default="auto", type=options.choice("auto", "none", "platt", "temperature"),
+                        help="calibrate the blend's probabilities (auto: platt for calibration metrics: logloss)")
+    return parser
+
+
+def main(argv: list[str] | None = None, project: Project | None = None) -> int:
+    """CLI entry point."""
+    args = build_parser().parse_args(argv)
     project = project or Project.from_env()
     names = [e for e in args.experiments if not is_override(e)]
     overrides = [e for e in args.experiments if is_override(e)]
 
     def body() -> int:
         comp = load_config("", overrides, project, check_model=False).competition
-        blend_experiments(project, names, args.method, comp, args.name, args.calibrate)
+        members = [experiment_arg(n, project) for n in names]  # a name, or experiments/<name>.yaml typed from anywhere
+        blend_experiments(project, members, args.method, comp, args.name, args.calibrate, args.force)
         return 0
 
     return cli.run(body)

@@ -21,13 +21,14 @@ from matplotlib import colormaps
 from PIL import Image
 
 from competition import cli
-from competition.atomic import atomic_path
 from competition.augment import to_tensor
 from competition.config import Config
-from competition.dataset import BadImageError, decode_image
+from competition.decode import BadImageError, decode_image
 from competition.errors import KitError
-from competition.inference import eval_dataset, load_experiment
+from competition.inference import ALLOW_INCOMPLETE_HELP, eval_dataset, load_experiment
 from competition.model import Detector, pick_device
+from competition.outputs import check_folder, claim, distinct_names
+from competition.paths import experiment_arg, output_path, user_path
 from competition.project import Project
 
 log = logging.getLogger(__name__)
@@ -77,14 +78,14 @@ def eval_crop(cfg: Config, image: np.ndarray) -> np.ndarray:
     return eval_dataset(cfg, [], tta=False).prepare(image).permute(1, 2, 0).numpy()
 
 
-def explain_file(models: list[Detector], cfg: Config, path: str, out: Path) -> tuple[float, Path]:
-    """Write <out>/<stem>_gradcam.png for one image; return its fold-averaged probability and the PNG path."""
+def explain_file(models: list[Detector], cfg: Config, path: str, target: Path, project: Project,
+                 force: bool = False, owns: Path | None = None) -> float:
+    """Write the overlay of one image to target (through competition.outputs); return its fold-averaged probability."""
     (ov,), prob = explain_images(models, [eval_crop(cfg, decode_image(path))])
     scale = max(1, 256 // ov.shape[0])
-    target = out / f"{Path(path).stem}_gradcam.png"
-    with atomic_path(target) as tmp:
+    with claim(project, target, "explain", force, owns) as tmp:
         Image.fromarray(ov).resize((ov.shape[1] * scale, ov.shape[0] * scale), Image.NEAREST).save(tmp, "PNG")
-    return float(prob[0]), target
+    return float(prob[0])
 
 
 def main(argv: list[str] | None = None, project: Project | None = None) -> int:
@@ -92,18 +93,23 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser = cli.parser(__doc__, device=True)
     parser.add_argument("experiment")
     parser.add_argument("images", nargs="+")
-    parser.add_argument("--out", type=Path, default=None, help="folder for overlays (default: <exp>/gradcam/)")
+    parser.add_argument("--out", default=None, help="folder for overlays (default: <exp>/gradcam/)")
+    parser.add_argument("--force", action="store_true", help="replace overlay files explain did not write")
+    parser.add_argument("--allow-incomplete", action="store_true", help=ALLOW_INCOMPLETE_HELP)
     args = parser.parse_args(argv)
     project = project or Project.from_env()
 
     def body() -> int:
-        exp = load_experiment(project, args.experiment, pick_device(args.device))
+        name = experiment_arg(args.experiment, project)
+        images = [str(user_path(p, project, "image", kind="file")) for p in args.images]
+        own = project.experiment_dir(name) / "gradcam"
+        out = check_folder(project, output_path(args.out, "--out"), "explain", own) if args.out else own
+        exp = load_experiment(project, name, pick_device(args.device), args.allow_incomplete)
         models = [m.to(memory_format=torch.contiguous_format) for m in exp.models]
-        out = args.out or project.experiment_dir(args.experiment) / "gradcam"
         failed = 0
-        for path in args.images:
+        for path, target in zip(images, (out / n for n in distinct_names(images, "_gradcam.png"))):
             try:
-                prob, target = explain_file(models, exp.cfg, path, out)
+                prob = explain_file(models, exp.cfg, path, target, project, args.force, own)
             except BadImageError as err:
                 log.error("%s: cannot decode (%s), skipped", path, err)
                 failed += 1

@@ -13,7 +13,8 @@ Input: uint8 NCHW RGB, 3 x img_size x img_size, dynamic batch axis; normalisatio
 the graph. The caller cuts the eval geometry (centre crop; with tta.crops 5 or tta.tiles, each crop is one row
 and the probabilities are averaged per image), as `predict --onnx` does. Each file is checked on real images of
 the competition against eager PyTorch: the legacy (TorchScript) exporter first, the dynamo exporter when the
-legacy one fails or does not verify. A file that does not verify is not kept.
+legacy one fails or does not verify. A file that does not verify is not kept. An unfinished experiment (a fold
+missing, not assembled, or still training) is refused with the fix; --allow-incomplete exports it anyway, loudly.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from competition import cli
+from competition import cli, options
 from competition.atomic import atomic_path, write_json
 from competition.config import Config
 from competition.errors import KitError
-from competition.inference import Averaged, Experiment, eval_dataset, load_experiment, onnx_session
+from competition.inference import (ALLOW_INCOMPLETE_HELP, Averaged, Experiment, eval_dataset, load_experiment,
+                                   onnx_session)
+from competition.paths import experiment_arg
 from competition.project import Project
 
 log = logging.getLogger(__name__)
@@ -132,9 +135,10 @@ def convert_fp16(src: Path, dest: Path, module: nn.Module, images: torch.Tensor)
     return {"file": dest.name, "max_abs_diff": diff, "verified": True}
 
 
-def export_experiment(project: Project, name: str, fp16: bool = False, opset: int = OPSET) -> dict:
+def export_experiment(project: Project, name: str, fp16: bool = False, opset: int = OPSET,
+                      allow_incomplete: bool = False) -> dict:
     """Every fold model, the averaged model (and its fp16 copy) into experiments/<name>/export/; export.json."""
-    exp: Experiment = load_experiment(project, name, torch.device("cpu"))
+    exp: Experiment = load_experiment(project, name, torch.device("cpu"), allow_incomplete)
     out = project.experiment_dir(name) / "export"
     out.mkdir(exist_ok=True)
     images = sample_images(exp.cfg, project)
@@ -163,12 +167,15 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("experiment")
     parser.add_argument("--onnx", action="store_true", help="ONNX (the only format; accepted for clarity)")
     parser.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx")
-    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    parser.add_argument("--allow-incomplete", action="store_true", help=ALLOW_INCOMPLETE_HELP)
+    parser.add_argument("--opset", type=options.number(int, ge=9, le=23), default=OPSET,
+                        help=f"ONNX opset (default {OPSET})")
     args = parser.parse_args(argv)
     project = project or Project.from_env()
 
     def body() -> int:
-        info = export_experiment(project, args.experiment, args.fp16, args.opset)
+        args.experiment = experiment_arg(args.experiment, project)  # a name, or its YAML typed from anywhere
+        info = export_experiment(project, args.experiment, args.fp16, args.opset, args.allow_incomplete)
         log.info("exported %d file(s) to %s; predict with: ./run.sh predict %s PATH --onnx", len(info["files"]),
                  project.experiment_dir(args.experiment) / "export", args.experiment)
         return 0

@@ -18,7 +18,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from competition import cli
 from competition.atomic import write_csv
-from competition.checks import check_new_folds
+from competition.fold_checks import check_new_folds
 from competition.config import Config, load_config
 from competition.embed import embed_config
 from competition.grouping import components, compute_hashes, describe_groups, group_hashes, twin_pairs
@@ -161,6 +161,28 @@ def check_folds_match(folds: pd.DataFrame, train: pd.DataFrame, path: Path) -> N
     if changed:
         raise DataError(f"{path}: {changed} label(s) differ from the training table - labels were corrected since the "
                         f"folds were made: delete the folds file to rebuild it (and rerun experiments with --restart)")
+
+
+def prepare_folds(cfg: Config, project: Project, train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """The folds file for this config: read it, or build it and then run the shortcut audit and shift check."""
+    folds, built = ensure_folds(cfg, project, train)
+    if built:
+        check_new_folds(cfg, project, train, test, folds)
+    return folds
+
+
+def load_tables(cfg: Config, project: Project, split: str = "fold") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training rows with their fold (the folds file's `split` column) and test rows, both checked."""
+    train = load_train_table(cfg.competition, project, cfg.folds.group_column)
+    test = load_test_table(cfg.competition, project)
+    folds = prepare_folds(cfg, project, train, test)
+    path = project.folds_file(cfg)
+    if split not in folds.columns:
+        raise DataError(f"{path} has no `{split}` column - set `folds.ood_split: cluster` in competition.yaml "
+                        f"(a new folds file is built) to run the out-of-distribution split")
+    train = train.merge(folds[["id", split]].rename(columns={split: "fold"}), on="id", how="left",
+                        validate="one_to_one")
+    return train, test
 
 
 def main(argv: list[str] | None = None, project: Project | None = None) -> int:

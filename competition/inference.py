@@ -9,7 +9,11 @@ Undecodable images get the fallback probability and are reported, never dropped.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import os
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -24,10 +28,13 @@ from tqdm import tqdm
 from competition.allocator import trim
 from competition.augment import build_eval_transform, tta_views
 from competition.config import Config, ConfigError, load_saved_config
-from competition.dataset import ImageCache, ImageDataset, make_loader
+from competition.dataset import ImageDataset, make_loader
+from competition.image_cache import ImageCache
 from competition.distributed import SINGLE, Dist, gather_errors, gather_rows
 from competition.model import Detector, amp_dtype, load_detector
 from competition.project import Project
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -126,16 +133,69 @@ def forward_cap(cfg: Config) -> int:
     return cfg.tta.max_batch or 2 * cfg.train.batch_size
 
 
-def load_experiment(project: Project, name: str, device: torch.device) -> Experiment:
-    """Every fold's best model of an experiment, with its saved config, threshold and training prior."""
+def load_experiment(project: Project, name: str, device: torch.device, allow_incomplete: bool = False) -> Experiment:
+    """Every fold's best model of a finished experiment, with its saved config, threshold and training prior
+    (an unfinished one is refused unless allow_incomplete: see check_finished)."""
     out = project.experiment_dir(name)
     checkpoints = sorted(out.glob("fold*/best.pt"))
     if not checkpoints or not (out / "config.yaml").is_file():
         raise ConfigError(f"{out}: no fold*/best.pt - run `./run.sh {name}` first")
     cfg = load_saved_config(out / "config.yaml")
+    check_finished(out, cfg, name, allow_incomplete)
     t0 = time.perf_counter()
     models = [load_detector(ckpt, device, project) for ckpt in checkpoints]
     return Experiment(name, cfg, models, *threshold_and_prior(out), time.perf_counter() - t0)
+
+
+ALLOW_INCOMPLETE_HELP = ("use an experiment that is not finished (folds missing, not assembled, or still "
+                         "training): fewer fold models and threshold 0.5 instead of the OOF-chosen one; loudly warned")
+
+
+def unfinished(out: Path, cfg: Config) -> list[str]:
+    """What keeps an experiment from being finished ([] when finished): folds without a final best.pt and
+    result.json (the folds metrics.json assembled, else every fold the config asks for), no metrics.json (not
+    assembled), a training run holding its lock or a fold's."""
+    try:
+        folds = [int(k) for k in json.loads((out / "metrics.json").read_text())["folds_run"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        folds = list(cfg.train.folds) or list(range(cfg.folds.n_splits))
+    missing = [k for k in folds if not all((out / f"fold{k}" / f).is_file() for f in ("best.pt", "result.json"))]
+    problems = [f"fold(s) {', '.join(map(str, missing))} not finished"] if missing else []
+    if not (out / "metrics.json").is_file():
+        problems.append("not assembled (no metrics.json, so no OOF-chosen threshold)")
+    busy = [folder.name for folder in [out, *sorted(out.glob("fold*"))] if lock_held(folder / ".lock")]
+    if busy:
+        problems.append(f"still training (a run holds the lock of {', '.join(busy)})")
+    return problems
+
+
+def lock_held(file: Path) -> bool:
+    """Whether another process holds the flock a training run takes on file (this process's own does not count:
+    a finishing run writes its report while holding it)."""
+    try:
+        fh = open(file)  # noqa: SIM115 - closed below; read-only, never creates the file
+    except OSError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return not re.search(rf"\b{os.getpid()}\b", fh.read())
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def check_finished(out: Path, cfg: Config, name: str, allow_incomplete: bool) -> None:
+    """Refuse an unfinished experiment with the fix; with allow_incomplete, warn loudly and go on."""
+    problems = unfinished(out, cfg)
+    if problems and not allow_incomplete:
+        raise ConfigError(f"{out} is not a finished experiment: {'; '.join(problems)} - finish it (`./run.sh {name}`; "
+                          f"`./run.sh assemble {name}` once every fold is done), or pass --allow-incomplete to use it "
+                          f"as it is")
+    if problems:
+        log.warning("USING AN UNFINISHED EXPERIMENT (--allow-incomplete) %s: %s; predictions use the fold models "
+                    "present and the threshold %s", name, "; ".join(problems),
+                    "0.5 (not OOF-chosen)" if not (out / "metrics.json").is_file() else "of metrics.json")
 
 
 def threshold_and_prior(out: Path) -> tuple[float, float]:
@@ -202,12 +262,13 @@ def onnx_file(project: Project, name: str, fp16: bool = False) -> Path:
     return path
 
 
-def predict_onnx(project: Project, name: str, paths: list[str], fp16: bool = False,
-                 threads: int = 0) -> tuple[np.ndarray, list[str], dict]:
+def predict_onnx(project: Project, name: str, paths: list[str], fp16: bool = False, threads: int = 0,
+                 allow_incomplete: bool = False) -> tuple[np.ndarray, list[str], dict]:
     """`predict_experiment` through ONNX Runtime: the exported fold-and-view-averaged model on the experiment's eval
     geometry (crops / tiles averaged per image); (probabilities, decode errors, timings {load, predict, threshold})."""
     out = project.experiment_dir(name)
     cfg = load_saved_config(out / "config.yaml")
+    check_finished(out, cfg, name, allow_incomplete)
     t0 = time.perf_counter()
     session = onnx_session(onnx_file(project, name, fp16), threads)
     threshold, prior = threshold_and_prior(out)

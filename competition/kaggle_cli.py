@@ -1,9 +1,12 @@
 """The one way the kit runs the kaggle CLI: an argument list (never a shell string), a timeout, credentials
 masked in everything it returns, and failures turned into one message that says what to do.
 
-Used by `competition.submit` (uploads) and `competition.kernel` (datasets, kernels, outputs). The kaggle CLI
-(2.x) reads credentials itself: ~/.kaggle/kaggle.json (or $KAGGLE_CONFIG_DIR), KAGGLE_USERNAME / KAGGLE_KEY,
-or KAGGLE_API_TOKEN / ~/.kaggle/access_token. The kit never reads a key except to mask it.
+Used by `competition.submit` (uploads) and `competition.kaggle_kernel` (datasets, kernels, outputs). The kaggle CLI
+(2.x) reads credentials itself, in this order: an API token (KAGGLE_API_TOKEN, the token or a file holding it,
+else ~/.kaggle/access_token), a legacy key (KAGGLE_USERNAME / KAGGLE_KEY, else ~/.kaggle/kaggle.json or
+$KAGGLE_CONFIG_DIR/kaggle.json), then the OAuth login `kaggle auth login` keeps in ~/.kaggle/credentials.json.
+The kit never reads a key except to mask it. KIT_KAGGLE_TIMEOUT (seconds, default 300) bounds one CLI call; it is
+read and checked when a call is made, so a bad value fails that call with one line, never an import.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from competition import options
 from competition.errors import KitError
 
 log = logging.getLogger(__name__)
-TIMEOUT_S = float(os.environ.get("KIT_KAGGLE_TIMEOUT", "300"))  # seconds to wait for one kaggle CLI call
+TIMEOUT_S = 300.0  # default seconds to wait for one kaggle CLI call (KIT_KAGGLE_TIMEOUT overrides)
+TIMEOUT_RANGE = options.number(float, gt=0, le=86400, unit="seconds")
 
 
 class KaggleError(KitError, RuntimeError):
@@ -31,6 +36,27 @@ def config_dir() -> Path:
     return Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
 
 
+def timeout_s() -> float:
+    """KIT_KAGGLE_TIMEOUT (seconds, read now), else 300; a bad value is refused naming the variable."""
+    raw = os.environ.get("KIT_KAGGLE_TIMEOUT", "").strip()
+    if not raw:
+        return TIMEOUT_S
+    value = TIMEOUT_RANGE.parse(raw)
+    if value is None:
+        raise KaggleError(f"KIT_KAGGLE_TIMEOUT={raw!r} is not allowed: expected {TIMEOUT_RANGE.describe()}; fix it "
+                          f"or unset it (default {TIMEOUT_S:g})")
+    return value
+
+
+def token_files() -> list[Path]:
+    """Files the kaggle CLI may read an API token from (kaggle 2.x: ~/.kaggle/access_token[.txt], or the file
+    KAGGLE_API_TOKEN names), plus the same names in $KAGGLE_CONFIG_DIR."""
+    names = ("access_token", "access_token.txt")
+    files = [folder / n for folder in dict.fromkeys((config_dir(), Path.home() / ".kaggle")) for n in names]
+    env = os.environ.get("KAGGLE_API_TOKEN", "")
+    return files + ([Path(env)] if env and len(env) < 4096 and Path(env).is_file() else [])
+
+
 def secrets() -> list[str]:
     """Every credential value this process could see, for masking (never printed, never logged)."""
     found = [os.environ.get(k, "") for k in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")]
@@ -38,10 +64,11 @@ def secrets() -> list[str]:
         found.append(str(json.loads((config_dir() / "kaggle.json").read_text()).get("key", "")))
     except (OSError, ValueError, AttributeError):
         pass
-    try:
-        found.append((config_dir() / "access_token").read_text().strip())
-    except OSError:
-        pass
+    for file in token_files():
+        try:
+            found.append(file.read_text().strip())
+        except (OSError, UnicodeDecodeError):
+            pass
     return [s for s in found if len(s) >= 6]
 
 
@@ -63,20 +90,24 @@ def username(explicit: str = "") -> str:
     except (OSError, ValueError, AttributeError):
         name = ""
     if not name:
-        raise KaggleError("no Kaggle user name: set KAGGLE_USERNAME, put kaggle.json (kaggle.com > Settings > API) in "
-                          "~/.kaggle/, or pass --user NAME")
+        raise KaggleError("no Kaggle user name: pass --user NAME or set KAGGLE_USERNAME (an API token from `kaggle "
+                          "auth login`, ~/.kaggle/access_token or KAGGLE_API_TOKEN does not say whose it is offline), "
+                          "or put a legacy kaggle.json (with its username) in ~/.kaggle/")
     return name
 
 
-CREDENTIALS = ("no valid Kaggle credentials: put kaggle.json (from kaggle.com > Settings > API > Create New Token) in "
-               "~/.kaggle/ with mode 600, or set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN)")
+CREDENTIALS = ("no valid Kaggle credentials: run `kaggle auth login` (kaggle 2.x), or save an API token from "
+               "kaggle.com > Settings > API > Generate New Token in ~/.kaggle/access_token (mode 600) or in "
+               "KAGGLE_API_TOKEN; a legacy key also works: put kaggle.json in ~/.kaggle/ (mode 600) or set "
+               "KAGGLE_USERNAME and KAGGLE_KEY")
 
 
 def failure_kind(output: str) -> str:
     """What a failed call's output says went wrong: credentials | 403 | 404 | 400 | '' (unrecognised)."""
     text = output.lower()
     if "kaggle.json" in text or "could not find" in text and "credential" in text or "401" in text \
-            or "unauthorized" in text or "authentication required" in text:
+            or "unauthorized" in text or "authentication required" in text or "invalid credentials" in text \
+            or "kaggle auth login" in text or "access_token" in text:
         return "credentials"
     if "403" in text or "forbidden" in text:
         return "403"
@@ -116,8 +147,8 @@ def run(args: list[str], what: str, kaggle: str = "kaggle", check: bool = True,
         timeout: float | None = None) -> tuple[int, str]:
     """Run `kaggle ARGS`; return (exit code, redacted stdout+stderr). check=True raises KaggleError on a non-zero
     exit. The kaggle CLI must be on PATH (pip install kaggle six)."""
+    timeout = timeout or timeout_s()
     exe = find_cli(kaggle)
-    timeout = timeout or TIMEOUT_S
     log.info("kaggle %s", " ".join(args))
     try:
         proc = subprocess.run([exe, *args], capture_output=True, text=True, env=os.environ.copy(), timeout=timeout,

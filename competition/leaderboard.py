@@ -1,4 +1,5 @@
-"""experiments/LEADERBOARD.md: every experiment ranked by its OOF score, and every blend by its nested OOF score.
+"""experiments/LEADERBOARD.md: every experiment ranked by its OOF score, and every blend by its nested OOF score,
+one section per competition, training data fingerprint and metric (never ranked across them).
 
 For f1/accuracy every score is at the threshold of the file written (shown beside the metric).
 
@@ -10,11 +11,14 @@ is always a pure function of what is on disk. Unreadable files are named in a wa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import sys
 from pathlib import Path
+
+import yaml
 
 from competition import cli
 from competition.atomic import write_text
@@ -41,6 +45,68 @@ def read_json(path: Path) -> dict | None:
     return data
 
 
+def experiment_scope(out: Path, metrics: dict | None = None) -> dict:
+    """What an experiment's scores are comparable with: competition name (its config.yaml), training-data
+    fingerprint (inputs.json: hash of training ids, labels and folds) and metric (metrics.json); '' = unknown.
+    data_dir is where the data lies (a runtime key: Kaggle runs elsewhere): recorded, never compared - other data
+    in another folder shows in the fingerprint."""
+    metrics = metrics if metrics is not None else (read_json(out / "metrics.json") or {})
+    inputs = (read_json(out / "inputs.json") or {}) if (out / "inputs.json").is_file() else {}
+    comp = {}
+    if (out / "config.yaml").is_file():
+        try:
+            comp = (yaml.safe_load((out / "config.yaml").read_text()) or {}).get("competition") or {}
+        except (OSError, yaml.YAMLError, AttributeError):
+            log.warning("%s: unreadable, its competition is unknown on the leaderboard", out / "config.yaml")
+    return {"competition": str(comp.get("name", "")), "fingerprint": str(inputs.get("train", "")),
+            "n_train": inputs.get("n_train"), "metric": str(metrics.get("metric", "") or comp.get("metric", "")),
+            "data_dir": str(comp.get("data_dir", ""))}
+
+
+SCOPE_FIELDS = ("competition", "fingerprint", "metric")  # what must match for scores to be ranked together
+
+
+def scope_key(scope: dict) -> tuple[str, ...]:
+    """The fields that decide whether two scores may be ranked together."""
+    return tuple(str(scope.get(k) or "") for k in SCOPE_FIELDS)
+
+
+def scope_title(scope: dict) -> str:
+    """A section heading naming the competition, training data fingerprint and metric."""
+    rows = f" ({scope['n_train']} train rows)" if scope.get("n_train") else ""
+    return (f"competition `{scope.get('competition') or 'unknown'}` · training data "
+            f"`{scope.get('fingerprint') or 'unknown'}`{rows} · metric `{scope.get('metric') or 'unknown'}`")
+
+
+def file_digest(path: Path) -> str:
+    """A short hash of a file's bytes ('' when it cannot be read)."""
+    try:
+        return hashlib.sha1(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return ""
+
+
+def member_state(out: Path) -> dict:
+    """What a blend records of each member, to notice later that it is gone or was rerun: inputs and OOF hashes."""
+    inputs = (read_json(out / "inputs.json") or {}) if (out / "inputs.json").is_file() else {}
+    return {"train": inputs.get("train", ""), "test": inputs.get("test", ""), "oof": file_digest(out / "oof.csv")}
+
+
+def member_problem(experiments: Path, name: str, saved: dict | None) -> str:
+    """Why a blend member no longer is what the blend was made from ('' when it still is)."""
+    out = experiments / name
+    if not (out / "metrics.json").is_file() or not (out / "oof.csv").is_file():
+        return f"member {name} is gone"
+    if not saved:
+        return ""
+    now = member_state(out)
+    if any(saved.get(k) and now[k] and saved[k] != now[k] for k in ("train", "test")):
+        return f"member {name} was rerun on other data"
+    if saved.get("oof") and now["oof"] != saved["oof"]:
+        return f"member {name} was rerun since (its OOF changed)"
+    return ""
+
+
 def load_metrics(directory: Path) -> list[dict]:
     """metrics.json of every experiment folder that has a complete one (others are logged and skipped)."""
     out = []
@@ -55,19 +121,32 @@ def load_metrics(directory: Path) -> list[dict]:
         if missing:
             log.warning("%s: not on the leaderboard, missing %s", path, ", ".join(missing))
             continue
+        data["scope"] = experiment_scope(path.parent, data)
         out.append(data)
     return out
 
 
-def load_blends(directory: Path) -> list[dict]:
-    """Sidecars of every blend written by competition.ensemble."""
+def blend_scope(sidecar: dict, experiments: Path) -> dict:
+    """A blend's scope: saved in its sidecar, else (older sidecars) its first surviving member's, with its metric."""
+    if isinstance(sidecar.get("scope"), dict):
+        return sidecar["scope"]
+    alive = [m for m in sidecar["members"] if (experiments / m / "metrics.json").is_file()]
+    scope = experiment_scope(experiments / alive[0]) if alive else {}
+    return {**scope, "metric": sidecar.get("metric", scope.get("metric", ""))}
+
+
+def load_blends(directory: Path, experiments: Path | None = None) -> list[dict]:
+    """Sidecars of every blend written by competition.ensemble, with their scope and why any is stale."""
+    experiments = experiments if experiments is not None else directory.parent / "experiments"
     out = []
     for path in sorted(directory.glob("*.json")):
         data = read_json(path)
-        if data is not None and "members" in data:
-            nested = data.get("nested") or {}
-            out.append({**data, "file": path.with_suffix(".csv").name,
-                        "nested_mean": nested.get("mean")})
+        if data is None or not isinstance(data.get("members"), list):
+            continue
+        states = data.get("member_inputs") or {}
+        stale = [p for p in (member_problem(experiments, m, states.get(m)) for m in data["members"]) if p]
+        out.append({**data, "file": path.with_suffix(".csv").name, "nested_mean": (data.get("nested") or {}).get("mean"),
+                    "scope": blend_scope(data, experiments), "stale": stale})
     return out
 
 
@@ -95,11 +174,20 @@ def _metric_label(row: dict) -> str:
     return str(row.get("metric", ""))
 
 
-def render(experiments: list[dict], blends: list[dict]) -> str:
-    """The leaderboard as markdown."""
-    lines = ["# Leaderboard", "", "Experiments ranked by out-of-fold score (regenerated after every run). OOD score: the same experiment "
-             "trained with whole content clusters held out (`./run.sh expNNN --ood`), a proxy for unseen content.", "",
-             "| rank | experiment | metric | OOF score | fold mean ± std | OOD score | OOF AUC | backbone | img size | "
+INTRO = ("Experiments ranked by out-of-fold score (regenerated after every run). OOD score: the same experiment "
+         "trained with whole content clusters held out (`./run.sh expNNN --ood`), a proxy for unseen content. "
+         "One section per competition, training data (fingerprint of the training ids, labels and folds, from "
+         "experiments/<exp>/inputs.json) and metric: scores on other data or by another metric are never ranked "
+         "together.")
+BLEND_INTRO = ("Ranked by nested fold mean: weights, calibration and threshold fitted on K-1 folds' OOF, scored on the "
+               "held-out fold (compare with the experiments' fold mean ± std, computed the same way); `auto` chooses its "
+               "method inside that CV. Pooled: the held-out folds scored together. In-sample: fitted and scored on all "
+               "OOF (flatters). A blend whose member is gone or was rerun is listed, not ranked.")
+
+
+def experiment_table(experiments: list[dict]) -> list[str]:
+    """The experiments of one section, ranked."""
+    lines = ["| rank | experiment | metric | OOF score | fold mean ± std | OOD score | OOF AUC | backbone | img size | "
              "augment | epochs (run) | TTA gain | wall min | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, m in enumerate(_rank(experiments, "oof_score"), 1):
@@ -115,28 +203,52 @@ def render(experiments: list[dict], blends: list[dict]) -> str:
             f"{m['model']} | {size} | "
             f"{m.get('augment', '')} | {m['epochs']} ({'/'.join(map(str, m.get('epochs_run', [])))}) | "
             f"{m['tta']['gain']:+.5f} ({m['tta']['views']}) | {m['wall_s'] / 60:.1f} | {'; '.join(note)} |")
-    if blends:
-        lines += ["", "## Blends", "",
-                  "Ranked by nested fold mean: weights, calibration and threshold fitted on K-1 folds' OOF, scored on "
-                  "the held-out fold (compare with the experiments' fold mean ± std, computed the same way); `auto` "
-                  "chooses its method inside that CV. Pooled: the held-out folds scored together. In-sample: fitted "
-                  "and scored on all OOF (flatters).", "",
-                  "| rank | submission | method | metric | nested fold mean ± std | nested pooled | in-sample | "
-                  "positive rate OOF / test | members |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for i, b in enumerate(_rank(blends, "nested_mean"), 1):
-            nested, rates = b.get("nested") or {}, b.get("positive_rate") or {}
-            rate_txt = f"{rates['oof']:.1%} / {rates['test']:.1%}" + (" !!" if rates.get("shifted") else "") if rates else ""
-            lines.append(f"| {i} | {b['file']} | {b['method']}{' (auto)' if b.get('selected_by') == 'auto' else ''} | "
-                         f"{_metric_label(b)} | {_fmt(nested.get('mean'))} ± {_fmt(nested.get('std'))} | "
-                         f"{_fmt(nested.get('pooled'))} | {_fmt(b.get('in_sample'))} | {rate_txt} | {', '.join(b['members'])} |")
+    return lines
+
+
+def blend_table(blends: list[dict]) -> list[str]:
+    """The blends of one section: ranked when their members are still what they were made from, else listed."""
+    lines = ["| rank | submission | method | metric | nested fold mean ± std | nested pooled | in-sample | "
+             "positive rate OOF / test | members | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    ranked = _rank([b for b in blends if not b["stale"]], "nested_mean")
+    for i, b in enumerate(ranked + [b for b in blends if b["stale"]], 1):
+        nested, rates = b.get("nested") or {}, b.get("positive_rate") or {}
+        rate_txt = f"{rates['oof']:.1%} / {rates['test']:.1%}" + (" !!" if rates.get("shifted") else "") if rates else ""
+        rank = "-" if b["stale"] else str(i)
+        note = f"not ranked: {'; '.join(b['stale'])}" if b["stale"] else ""
+        lines.append(f"| {rank} | {b['file']} | {b.get('method', '')}{' (auto)' if b.get('selected_by') == 'auto' else ''} | "
+                     f"{_metric_label(b)} | {_fmt(nested.get('mean'))} ± {_fmt(nested.get('std'))} | "
+                     f"{_fmt(nested.get('pooled'))} | {_fmt(b.get('in_sample'))} | {rate_txt} | {', '.join(b['members'])} | "
+                     f"{note} |")
+    return lines
+
+
+def sections(experiments: list[dict], blends: list[dict]) -> list[tuple[dict, list[dict], list[dict]]]:
+    """(scope, its experiments, its blends) per competition / training data / metric, in a stable order."""
+    groups: dict[tuple, tuple[dict, list, list]] = {}
+    for row in experiments:
+        groups.setdefault(scope_key(row["scope"]), (row["scope"], [], []))[1].append(row)
+    for row in blends:
+        groups.setdefault(scope_key(row["scope"]), (row["scope"], [], []))[2].append(row)
+    return [groups[k] for k in sorted(groups, key=lambda k: (-len(groups[k][1]), k))]
+
+
+def render(experiments: list[dict], blends: list[dict]) -> str:
+    """The leaderboard as markdown: one section per scope (competition, training data, metric)."""
+    lines = ["# Leaderboard", "", INTRO]
+    for scope, exps, mixes in sections(experiments, blends):
+        lines += ["", f"## {scope_title(scope)}", ""]
+        lines += experiment_table(exps) if exps else ["No finished experiment in this section."]
+        if mixes:
+            lines += ["", "### Blends", "", BLEND_INTRO, ""] + blend_table(mixes)
     return "\n".join(lines) + "\n"
 
 
 def write_leaderboard(project: Project) -> Path:
     """Regenerate the leaderboard file from disk."""
     path = project.leaderboard
-    write_text(path, render(load_metrics(project.experiments), load_blends(project.submissions)))
+    write_text(path, render(load_metrics(project.experiments), load_blends(project.submissions, project.experiments)))
     log.info("leaderboard: %s", path)
     return path
 

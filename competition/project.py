@@ -8,6 +8,7 @@ of the folder that owns them.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -39,8 +40,17 @@ class Project:
 
     @classmethod
     def from_env(cls) -> "Project":
-        """$KIT_HOME when set, else the kit's repository."""
-        return cls(Path(os.environ.get("KIT_HOME") or REPO).resolve())
+        """$KIT_HOME when set (`~` expanded; relative to the folder the command was typed in), else the kit's
+        repository; a KIT_HOME that is not a folder is named in a warning (the command then fails on its files)."""
+        home = os.environ.get("KIT_HOME", "").strip()
+        if not home:
+            return cls(REPO.resolve())
+        root = typed_folder() / Path(home).expanduser()
+        if not root.is_dir():
+            logging.getLogger(__name__).warning(
+                "KIT_HOME=%s is not a folder (looked at %s) - point KIT_HOME at the project folder holding "
+                "competition.yaml, or unset it to use the kit's own folder", home, root)
+        return cls(root.resolve())
 
     @property
     def competition_file(self) -> Path:
@@ -91,6 +101,16 @@ class Project:
     def cache_dir(self, cfg: "Config") -> Path:
         """Where decoded-image and hash caches live (data.cache_dir)."""
         return self.resolve(cfg.data.cache_dir)
+
+
+def typed_folder() -> Path:
+    """The folder the person typed the command in: $KIT_CWD (run.sh exports it before it cds into the kit) while
+    this process still sits in the kit's checkout, else the current folder."""
+    cwd = Path.cwd()
+    typed = os.environ.get("KIT_CWD", "")
+    if typed and os.path.isdir(typed) and os.path.realpath(cwd) == os.path.realpath(REPO):
+        return Path(typed)
+    return cwd
 
 
 def inside(path: Path, folder: Path) -> Path:

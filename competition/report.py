@@ -26,7 +26,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocC
 
 from competition import cli  # noqa: E402
 from competition.atomic import atomic_path, write_text  # noqa: E402
-from competition.dataset import BadImageError, decode_image  # noqa: E402
+from competition.decode import BadImageError, decode_image  # noqa: E402
 from competition.errors import ConfigError, KitError  # noqa: E402
 from competition.explain import GradCamUnsupported, eval_crop, explain_images  # noqa: E402
 from competition.inference import load_experiment  # noqa: E402

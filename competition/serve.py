@@ -8,6 +8,8 @@ POST /predict    multipart field `file` -> {"prob", "label", "label_name", "thre
 GET /health      {"status": "ok", "model": ...}
 
 Binds to 127.0.0.1 by default. Non-images get 415, uploads over --max-mb get 413, both with a JSON reason.
+An unfinished experiment (a fold missing, not assembled, or still training) is refused with the fix;
+--allow-incomplete serves it anyway, with a loud warning (threshold 0.5 when it has none yet).
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from fastapi import FastAPI, File, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 
-from competition import cli
-from competition.dataset import BadImageError, decode_image
+from competition import cli, options
+from competition.decode import BadImageError, decode_image
 from competition.explain import GradCamUnsupported, eval_crop, explain_images
 from competition.blend import load_blend
-from competition.inference import load_experiment, predict_image
+from competition.inference import ALLOW_INCOMPLETE_HELP, load_experiment, predict_image
 from competition.model import pick_device
 from competition.project import Project
 
@@ -68,11 +70,13 @@ drop.addEventListener('drop', e => { e.preventDefault(); drop.classList.remove('
 class Predictor:
     """Fold models of one experiment, or of every member of a blend, held in memory."""
 
-    def __init__(self, project: Project, target: str, device: torch.device | None = None):
+    def __init__(self, project: Project, target: str, device: torch.device | None = None,
+                 allow_incomplete: bool = False):
         self.name = target
         device = device or torch.device("cpu")
         self.blend = load_blend(Path(target)) if target.endswith(".json") else None
-        self.members = [load_experiment(project, m, device) for m in (self.blend.members if self.blend else [target])]
+        self.members = [load_experiment(project, m, device, allow_incomplete)
+                        for m in (self.blend.members if self.blend else [target])]
         self.threshold = self.blend.threshold if self.blend else self.members[0].threshold
 
     def predict(self, image: np.ndarray) -> dict:
@@ -167,15 +171,19 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser = cli.parser(__doc__, device=True)
     parser.add_argument("model", help="experiment name, or a blend's submissions/<name>.json")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-mb", type=float, default=20.0, help="largest accepted upload")
-    parser.add_argument("--max-queue", type=int, default=8, help="requests that may wait for inference (503 beyond)")
-    parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest decoded image accepted")
+    parser.add_argument("--allow-incomplete", action="store_true", help=ALLOW_INCOMPLETE_HELP)
+    parser.add_argument("--port", type=options.port(), default=8000)
+    parser.add_argument("--max-mb", type=options.number(float, gt=0, le=10240, unit="MB"), default=20.0,
+                        help="largest accepted upload")
+    parser.add_argument("--max-queue", type=options.number(int, ge=1, le=10000), default=8,
+                        help="requests that may wait for inference (503 beyond)")
+    parser.add_argument("--max-megapixels", type=options.number(float, gt=0, le=1000, unit="megapixels"), default=40.0,
+                        help="largest decoded image accepted")
     args = parser.parse_args(argv)
     project = project or Project.from_env()
 
     def body() -> int:
-        predictor = Predictor(project, args.model, pick_device(args.device))
+        predictor = Predictor(project, args.model, pick_device(args.device), args.allow_incomplete)
         torch.set_num_threads(max(1, torch.get_num_threads()))
         uvicorn.run(create_app(predictor, args.max_mb, args.max_queue, args.max_megapixels), host=args.host, port=args.port, log_level="info")
         return 0

@@ -23,7 +23,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from competition import cli
+from competition import cli, options
 from competition.atomic import write_json, write_text
 from competition.audit import THRESHOLD, collect_metadata, feature_aucs, metadata_auc
 from competition.config import Config, load_config
@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point: exit 0 when test looks like train, 1 when it does not, 2 on bad input."""
     parser = cli.parser(__doc__)
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. folds.shift_sample=500")
-    parser.add_argument("--threshold", type=float, default=THRESHOLD, help="warn above this AUC")
+    parser.add_argument("--threshold", type=options.number(float, ge=0.5, lt=1.0, unit="AUC"), default=THRESHOLD,
+                        help="warn above this AUC")
     args = parser.parse_args(argv)
     project = project or Project.from_env()
 

@@ -19,8 +19,10 @@ from competition import cli, kaggle_cli
 from competition.config import CompetitionConfig, load_config
 from competition.errors import KitError
 from competition.kaggle_cli import KaggleError
+from competition.paths import user_path
 from competition.project import Project
-from competition.submission import SubmissionError, validate_submission
+from competition.leaderboard import read_json
+from competition.submission import Evidence, SubmissionError, validate_submission
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +70,21 @@ def read_submission(path: Path, comp: CompetitionConfig) -> pd.DataFrame:
         raise SubmissionError(f"{path} is not a readable CSV ({reason}) - rewrite it with `competition.ensemble`") from None
 
 
+def sidecar_evidence(path: Path) -> Evidence:
+    """What the blend sidecar beside a submission (submissions/<name>.json) says about its rows without a prediction
+    and its OOF positive rate; empty for a hand-written file."""
+    side = path.with_suffix(".json")
+    saved = read_json(side) if side.is_file() else None
+    if not saved or not isinstance(saved.get("members"), list):
+        return Evidence()
+    rate = (saved.get("positive_rate") or {}).get("oof")
+    return Evidence([str(i) for i in saved.get("no_prediction") or []], str(side), rate)
+
+
 def submit(path: Path, message: str, comp: CompetitionConfig, project: Project, dry_run: bool = False) -> str:
-    """Validate the file, then upload it unless dry_run."""
+    """Validate the file (information included: see competition.submission), then upload it unless dry_run."""
     frame = read_submission(path, comp)
-    validate_submission(frame, comp, project)
+    validate_submission(frame, comp, project, evidence=sidecar_evidence(path))
     log.info("%s: valid (%d rows)", path, len(frame))
     if dry_run:
         return "dry run: validated, not uploaded"
@@ -81,7 +94,7 @@ def submit(path: Path, message: str, comp: CompetitionConfig, project: Project, 
 def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point."""
     parser = cli.parser(__doc__)
-    parser.add_argument("file", type=Path)
+    parser.add_argument("file", help="the submission CSV (found where the command was typed, then in the project)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides of competition.yaml")
     parser.add_argument("-m", "--message", default="", help="submission description shown on Kaggle")
     parser.add_argument("--dry-run", action="store_true", help="validate only")
@@ -90,10 +103,11 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
 
     def body() -> int:
         comp = load_config("", args.overrides, project, check_model=False).competition
+        file = user_path(args.file, project, "submission file", kind="file")
         try:
-            log.info("%s", submit(args.file, args.message or args.file.stem, comp, project, args.dry_run))
+            log.info("%s", submit(file, args.message or file.stem, comp, project, args.dry_run))
         except KitError as err:
-            raise type(err)(f"{args.file}: {err}") from None
+            raise type(err)(f"{file}: {err}") from None
         return 0
 
     return cli.run(body)

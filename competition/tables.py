@@ -18,6 +18,7 @@ from PIL import Image
 
 from competition.config import CompetitionConfig
 from competition.errors import DataError
+from competition.paths import DiskIndex, UrlError, canonical, is_bare, is_url, spelling_difference, spellings
 from competition.project import Project
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,10 @@ def data_dir(comp: CompetitionConfig, project: Project) -> Path:
     """The competition's data folder, checked to exist."""
     path = project.resolve(comp.data_dir)
     if not path.is_dir():
+        zips = sorted(path.parent.glob("*.zip")) if path.parent.is_dir() else []
+        unzip = f" (unzip {zips[0]} -d {path})" if zips else ""
         raise DataError(
-            f"data folder {path} not found; download the competition there or set `competition.data_dir` "
+            f"data folder {path} not found; download the competition there{unzip} or set `competition.data_dir` "
             f"in competition.yaml"
         )
     return path
@@ -60,11 +63,35 @@ def _require_columns(frame: pd.DataFrame, columns: list[str], file: Path, key: s
             )
 
 
-def _resolve_paths(frame: pd.DataFrame, root: Path, file: Path) -> pd.Series:
-    """Absolute paths for `frame.id`, refusing any that escape the data folder (../, absolute, symlinks)."""
+def _refuse_urls(frame: pd.DataFrame, file: Path) -> None:
+    """Refuse path cells that are URLs: the kit reads local files only."""
+    urls = frame["id"].map(is_url)
+    if urls.any():
+        raise UrlError(f"{file}: {int(urls.sum())} image path(s) are URLs: {_rows(frame, urls, 'id')} - the kit reads "
+                       f"local files only: download the images into the data folder and list paths relative to it")
+
+
+def _locate(rel: str, root: str, index: DiskIndex, kind: str) -> str:
+    """The real path of one table cell: its first spelling that exists (as written, canonical, NFD), a bare id's
+    one image with that stem, else the canonical spelling (reported missing later)."""
+    for spelling in spellings(rel):
+        path = os.path.realpath(os.path.join(root, spelling))
+        if os.path.isfile(path):
+            return path
+    if is_bare(rel):
+        hits = index.by_stem(canonical(rel), kind, IMAGE_SUFFIXES)
+        if len(hits) == 1:
+            return os.path.realpath(os.path.join(root, hits[0]))
+    return os.path.realpath(os.path.join(root, canonical(rel)))
+
+
+def _resolve_paths(frame: pd.DataFrame, root: Path, file: Path, index: DiskIndex, kind: str) -> pd.Series:
+    """Absolute paths for `frame.id` (spellings canonicalised once, bare ids found by stem), refusing URLs and
+    any path that escapes the data folder (../, absolute, symlinks)."""
+    _refuse_urls(frame, file)
     root_real = os.path.realpath(root)
-    paths = [os.path.realpath(os.path.join(root_real, str(rel))) for rel in frame["id"]]
-    escaping = pd.Series([os.path.isabs(str(r)) or not p.startswith(root_real + os.sep)
+    paths = [_locate(str(rel), root_real, index, kind) for rel in frame["id"]]
+    escaping = pd.Series([os.path.isabs(str(r)) or canonical(r).startswith("/") or not p.startswith(root_real + os.sep)
                           for r, p in zip(frame["id"], paths)], index=frame.index)
     if escaping.any():
         raise DataError(
@@ -86,16 +113,55 @@ def _check_ids(frame: pd.DataFrame, file: Path) -> None:
         raise DataError(f"{file}: {int(dup.sum())} rows share an id: {_rows(frame, dup, 'id')} - drop the duplicates")
 
 
-def _check_files(frame: pd.DataFrame, file: Path, fatal: bool) -> pd.Series:
-    """Mask of rows whose image file is missing; raise when fatal."""
+def _check_files(frame: pd.DataFrame, file: Path, fatal: bool, index: DiskIndex, kind: str) -> pd.Series:
+    """Mask of rows whose image file is missing, each miss explained (a near spelling on disk, a bare id); raise
+    when fatal or when no file at all was found."""
     missing = ~frame["path"].map(os.path.isfile)
     if missing.any():
-        msg = (f"{file}: {int(missing.sum())} image file(s) not found: {_rows(frame, missing, 'id')} - "
-               f"restore the files or drop those rows")
-        if fatal:
-            raise DataError(msg)
+        shown, fixes = _explain_misses(frame, missing, index, kind)
+        msg = f"{file}: {int(missing.sum())} image file(s) not found: {shown} - {fixes}"
+        if fatal or missing.all():
+            raise DataError(msg if fatal else f"{msg} (not one {kind} image was found, so nothing could be predicted)")
         log.warning(msg + "; they get the fallback prediction")
     return missing
+
+
+def _explain_misses(frame: pd.DataFrame, missing: pd.Series, index: DiskIndex, kind: str, n: int = 5) -> tuple[str, str]:
+    """The first missing rows, each with the near spelling on disk when there is one, and the fixes that apply."""
+    shown, fixes = [], []
+    for i, rel in frame.loc[missing, "id"].head(n).items():
+        near = index.near(rel)
+        stems = index.by_stem(canonical(rel), kind, IMAGE_SUFFIXES) if is_bare(rel) else []
+        if near:
+            shown.append(f"row {i + 1} ({rel!r}: on disk {near!r}, {spelling_difference(rel, near)})")
+            fixes.append("fix those spellings in the table (or rename the files)")
+        elif is_bare(rel):
+            shown.append(f"row {i + 1} ({rel!r}" + (f": several files, {stems[:3]})" if stems else ")"))
+            fixes.append(f"the ids are bare names (no folder, no extension), looked up as <id>.<image extension> in a "
+                         f"{kind} folder or anywhere under {index.root}, one file each: put each image there once, "
+                         f"or point competition.{'test_' if kind == 'test' else ''}path_column at a column of file paths")
+        else:
+            shown.append(f"row {i + 1} ({rel!r})")
+            fixes.append("restore the files or drop those rows")
+    more = int(missing.sum()) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else ""), "; ".join(dict.fromkeys(fixes))
+
+
+def _check_same_files(frame: pd.DataFrame, file: Path) -> None:
+    """Refuse two rows that are one image file spelled twice (./, //, backslashes, accents): naming both rows,
+    and saying so when their labels contradict."""
+    dup = frame["path"].duplicated(keep=False)
+    if not dup.any():
+        return
+    groups = list(frame[dup].groupby("path", sort=False))
+    path, rows = groups[0]
+    desc = " and ".join(f"row {i + 1} ({r.id!r}, label {r.label})" for i, r in rows.iterrows())
+    total = f" ({len(groups)} files listed more than once in all)" if len(groups) > 1 else ""
+    if rows["label"].nunique() > 1:
+        raise DataError(f"{file}: {desc} are the same image {path} with contradicting labels{total} - keep the row "
+                        f"with the right label and drop the other")
+    raise DataError(f"{file}: {desc} are the same image {path}, listed twice in different spellings{total} - drop "
+                    f"all but one of them")
 
 
 def _check_labels(frame: pd.DataFrame, file: Path, column: str) -> pd.Series:
@@ -130,7 +196,8 @@ def _train_from_folders(comp: CompetitionConfig, root: Path) -> pd.DataFrame:
             raise DataError(f"competition.class_folders: label for {folder!r} must be 0 or 1, got {label!r}")
         path = root / folder
         if not path.is_dir():
-            raise DataError(f"class folder {path} not found - fix `competition.class_folders` in competition.yaml")
+            raise DataError(f"class folder {path} not found - "
+                            f"{_where_the_data_is(path) or 'fix `competition.class_folders` in competition.yaml'}")
         files = list_images(path)
         if not files:
             raise DataError(f"class folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -141,12 +208,45 @@ def _train_from_folders(comp: CompetitionConfig, root: Path) -> pd.DataFrame:
 def read_table(file: Path, what: str) -> pd.DataFrame:
     """A competition CSV with every cell as text (ids like 00012 stay 00012), or one clear error."""
     if not file.is_file():
-        raise DataError(f"{file} not found - set `competition.{what}` in competition.yaml")
+        raise DataError(f"{file} not found - {_where_the_data_is(file) or f'set `competition.{what}` in competition.yaml'}")
     try:
-        return pd.read_csv(file, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"{file}: not a readable CSV ({reason}) - check the file and `competition.{what}`") from None
+    _check_separator(frame, file)
+    return frame
+
+
+SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "pipes"}
+
+
+def _check_separator(frame: pd.DataFrame, file: Path) -> None:
+    """Refuse a table whose one header cell holds ';', tab or '|' separated names: another separator, not commas."""
+    if len(frame.columns) != 1:
+        return
+    header = str(frame.columns[0])
+    for sep, name in SEPARATORS.items():
+        if sep in header:
+            raise DataError(f"{file}: columns are separated by {name}, not commas (header {header!r}) - save a "
+                            f"comma-separated copy, e.g. pandas.read_csv(path, sep={sep!r}).to_csv(new_path, "
+                            f"index=False), and point competition.yaml at it")
+
+
+def _where_the_data_is(file: Path) -> str:
+    """Why a table is absent when the data folder holds only the downloaded .zip, or the data one folder down."""
+    root = file.parent
+    if not root.is_dir():
+        return ""
+    nested = sorted({p.parent for p in root.glob(f"*/{file.name}")})
+    if len(nested) == 1:
+        return (f"the data sits one folder down, in {nested[0]}: set `competition.data_dir: {nested[0]}` in "
+                f"competition.yaml (or move that folder's contents up into {root})")
+    zips = sorted(root.glob("*.zip"))
+    if zips:
+        return (f"{root} holds the download {zips[0].name}, not its contents: unzip it there "
+                f"(unzip {zips[0]} -d {root}) and rerun")
+    return ""
 
 
 def load_train_table(comp: CompetitionConfig, project: Project, group_column: str = "") -> pd.DataFrame:
@@ -170,8 +270,10 @@ def load_train_table(comp: CompetitionConfig, project: Project, group_column: st
     else:
         raise DataError("competition.yaml: set `competition.train_csv` or `competition.class_folders`")
     _check_ids(frame, file)
-    frame["path"] = _resolve_paths(frame, root, file)
-    _check_files(frame, file, fatal=True)
+    index = DiskIndex(Path(os.path.realpath(root)))
+    frame["path"] = _resolve_paths(frame, root, file, index, "train")
+    _check_files(frame, file, fatal=True, index=index, kind="train")
+    _check_same_files(frame, file)
     return frame
 
 
@@ -204,8 +306,9 @@ def load_test_table(comp: CompetitionConfig, project: Project) -> pd.DataFrame:
     else:
         raise DataError("competition.yaml: set `competition.test_csv` or `competition.test_folder`")
     _check_ids(frame, file)
-    frame["path"] = _resolve_paths(frame, root, file)
-    frame["missing"] = _check_files(frame, file, fatal=False)
+    index = DiskIndex(Path(os.path.realpath(root)))
+    frame["path"] = _resolve_paths(frame, root, file, index, "test")
+    frame["missing"] = _check_files(frame, file, fatal=False, index=index, kind="test")
     check_test_matches_sample(comp, frame, project)
     return frame
 

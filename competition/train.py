@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from contextlib import nullcontext
@@ -46,6 +47,17 @@ from competition.project import Project
 log = logging.getLogger(__name__)
 
 LOG_EVERY = 25  # optimizer steps between progress-bar loss updates (the only host syncs in the loop)
+NO_TRAINING = "KIT_NO_TRAINING"  # names a file: the test suite's fast tests forbid training (tests/conftest.py)
+
+
+def refuse_forbidden_training() -> None:
+    """Stop where $KIT_NO_TRAINING forbids training, recording the attempt in the file it names (the test suite
+    sets it for every test not marked slow, so a fast test cannot train here or in a process it starts)."""
+    record = os.environ.get(NO_TRAINING)
+    if record:
+        with open(record, "a", encoding="utf-8") as fh:
+            fh.write(f"process {os.getpid()} started training\n")
+        raise RuntimeError(f"training is forbidden here (${NO_TRAINING} is set: a test not marked slow trained)")
 
 
 @dataclass
@@ -396,6 +408,7 @@ def wrap_model(model: torch.nn.Module, cfg: Config, device: torch.device, dist: 
 def _run_epoch(state: TrainState, runner: torch.nn.Module, inputs: FoldInputs, loaders: tuple[DataLoader, DataLoader],
                cfg: Config, device: torch.device, epoch: int, dist: Dist = SINGLE) -> dict:
     """Train one seeded epoch and validate; append the log row to state.history and return it."""
+    refuse_forbidden_training()
     loader, val_loader = loaders
     seed = epoch_seed(cfg.train.seed, inputs.fold, epoch)
     torch.manual_seed(seed)

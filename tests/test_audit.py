@@ -11,12 +11,13 @@ from PIL import Image
 
 from competition.audit import audit, jpeg_quality, read_metadata
 from competition.config import CompetitionConfig
-from competition.dataset import ImageDataset, decode_image, normalize_encoding, reencode
+from competition.dataset import ImageDataset
+from competition.decode import decode_image, normalize_encoding, reencode
 from competition.augment import build_eval_transform
 from competition.config import DataConfig
 from competition.tables import load_train_table
 from tests.conftest import PROJECT
-from tests.conftest import CIFAKE, FACES, run_kit
+from tests.conftest import CIFAKE, FACES, call_kit
 
 
 @pytest.mark.parametrize("quality", [30, 50, 75, 90, 95, 100])
@@ -43,7 +44,7 @@ def test_audit_does_not_flag_cifake():
 
 
 def test_audit_cli_exit_code_and_report(tmp_path):
-    proc = run_kit(tmp_path, "competition.audit", str(FACES), "--out", str(tmp_path), check=False)
+    proc = call_kit(tmp_path, "competition.audit", str(FACES), "--out", str(tmp_path), check=False)
     assert proc.returncode == 1 and "SHORTCUT" in proc.stdout
     assert (tmp_path / "faces_tpdne_ffhq_audit.md").is_file() and (tmp_path / "faces_tpdne_ffhq_audit.json").is_file()
 

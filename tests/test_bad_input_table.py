@@ -167,7 +167,7 @@ CASES = [
     Case("python tag", exp_text("train: !!python/object:os.system {}\n"), ("e.yaml", "tags")),
     Case("section twice", exp_text("train: {epochs: 1}\ndata: {img_size: 32}\ntrain: {lr: 0.1}\n"),
          ("e.yaml", "`train` appears twice")),
-    Case("missing base", exp_text("base: nowhere.yaml\n"), ("nowhere.yaml", "not found")),
+    Case("missing base", exp_text("base: nowhere.yaml\n"), ("nowhere.yaml", "does not exist")),
     Case("binary experiment file", write_file("experiments/e.yaml", b"\xff\xfe\x00bin", ("competition.experiment", "e")),
          ("e.yaml", "YAML")),
     Case("experiment named ..", lambda home: ("competition.experiment", ".."), ("'..'", "plain name")),
@@ -238,15 +238,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def trained_home(tmp_path_factory) -> Path:
-    """A project with one finished 1-fold experiment `done`, copied for every case that needs it."""
-    home = make_competition(tmp_path_factory.mktemp("trained"))
-    smoke_experiment(home, "done", train={"folds": [0, 1]})
-    call_kit(home, "competition.experiment", "done")
-    return home
-
-
 def run_case(home: Path, call: tuple):
     """The CLI call in this process, or as a subprocess against KIT_TABLE_REPO."""
     call = at(home, *call)
@@ -265,21 +256,12 @@ def lines_of(stderr: str, level: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if f" {level} " in f" {ln} " or ln.startswith(f"{level} ")]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_gives_one_clear_line(case, tmp_path, trained_home):
-    home = tmp_path / "home"
-    if case.trained:
-        shutil.copytree(trained_home, home, symlinks=True)
-        for lock in home.rglob(".lock"):
-            lock.unlink()
-        for cfg in home.glob("experiments/*/config.yaml"):  # absolute paths in the copied run point at the copy
-            cfg.write_text(cfg.read_text().replace(str(trained_home), str(home)))
-        comp = home / "competition.yaml"
-        comp.write_text(comp.read_text().replace(str(trained_home), str(home)))
-        for y in home.glob("experiments/*.yaml"):
-            y.write_text(y.read_text().replace(str(trained_home), str(home)))
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.trained else []) for c in CASES])
+def test_bad_input_gives_one_clear_line(case, tmp_path, request):
+    if case.trained:  # a copy of the shared finished experiment `done` (conftest.trained_project; slow: it trains)
+        home = request.getfixturevalue("trained_project")
     else:
-        make_competition(home)
+        home = make_competition(tmp_path / "home")
     call = case.setup(home)
     try:
         result = run_case(home, call)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from competition.dataset import BadImageError, decode_image
+from competition.decode import BadImageError, decode_image
 from competition.tables import DataError, load_train_table
 from competition.config import CompetitionConfig
 from tests.conftest import PROJECT

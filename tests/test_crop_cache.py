@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 from competition.augment import build_eval_transform, build_train_transform, tile_crops
 from competition.config import ConfigError, DataConfig, load_config
 from competition.crop_cache import EvalCrops, TrainWindows, wants_crop_cache
-from competition.dataset import ImageDataset, decode_image, seed_worker
+from competition.dataset import ImageDataset, seed_worker
+from competition.decode import decode_image
 from conftest import FACES, PROJECT, write_yaml
 
 SIZE = 64

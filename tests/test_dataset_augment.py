@@ -11,7 +11,9 @@ from PIL import Image
 
 from competition.augment import build_eval_transform, build_train_transform, five_crops, tta_views
 from competition.config import DataConfig
-from competition.dataset import BAD, CACHED, BadImageError, ImageCache, ImageDataset, decode_image, open_cache
+from competition.dataset import ImageDataset
+from competition.decode import BadImageError, decode_image
+from competition.image_cache import BAD, CACHED, ImageCache, open_cache
 from tests.conftest import CIFAKE, FACES
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from competition.blend import METHODS, Blend, nested_cv
 from competition.ensemble import Members, evaluate, evaluate_method
-from tests.conftest import call_kit, run_kit
+from tests.conftest import call_kit
 
 
 def noise_members(n=600, m=12, seed=0) -> Members:
@@ -29,6 +29,7 @@ def test_nested_score_of_fitted_blend_on_noise_stays_at_chance(method):
     assert result["in_sample"] > result["nested"]["mean"] + 0.03  # the in-sample score flatters
 
 
+@pytest.mark.slow  # over 5 s of CPU: kept out of the fast tier
 def test_auto_pays_for_choosing_on_noise_members():
     """`auto` chooses inside the nested CV: on pure-noise members its nested AUC stays at chance."""
     members = noise_members(n=2000, m=5, seed=3)
@@ -67,7 +68,7 @@ def blend_home(home):
 
 
 def test_ensemble_cli_writes_valid_submission_and_sidecar(blend_home):
-    proc = run_kit(blend_home, "competition.ensemble", "eA", "eB", "eC", "--method", "rank", "--name", "b1")
+    proc = call_kit(blend_home, "competition.ensemble", "eA", "eB", "eC", "--method", "rank", "--name", "b1")
     for name in ("eA", "eB", "eC", "rank"):
         assert name in proc.stdout
     assert "nested" in proc.stdout and "in-sample (flatters)" in proc.stdout

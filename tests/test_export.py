@@ -71,6 +71,7 @@ def test_an_exporter_that_cannot_verify_leaves_no_file(images, tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # over 5 s of CPU: kept out of the fast tier
 def test_dynamo_exporter_takes_over_when_the_legacy_one_fails(images, tmp_path, monkeypatch):
     import competition.export as export
 

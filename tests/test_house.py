@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from competition.config import ConfigError, load_config
-from competition.dataset import open_cache
-from competition.experiment import load_tables
+from competition.folds import load_tables
+from competition.image_cache import open_cache
 from competition.grouping import close_pairs
 from competition.project import Project
 from competition.tables import load_train_table

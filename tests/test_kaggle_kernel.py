@@ -73,7 +73,7 @@ def kaggle_env(tmp_path_factory):
            "KAGGLE_USERNAME": "alice", "KAGGLE_KEY": KEY, "KAGGLE_CONFIG_DIR": str(root / "nocreds")}
 
     def kit(*args: str, **extra: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "competition.kernel", *args], cwd=home, env={**env, **extra},
+        proc = subprocess.run([sys.executable, "-m", "competition.kaggle_kernel", *args], cwd=home, env={**env, **extra},
                               capture_output=True, text=True, timeout=600)
         assert KEY not in proc.stdout + proc.stderr, "a credential was printed"
         return proc
@@ -94,6 +94,7 @@ def pushed(kaggle_env):
     return proc
 
 
+@pytest.mark.slow  # over 5 s of CPU: kept out of the fast tier
 def test_push_uploads_bundle_and_gpu_kernel_with_offline_metadata(kaggle_env, pushed):
     home, state, _, _, _ = kaggle_env
     meta = json.loads((state / "kernel" / "kernel-metadata.json").read_text())
@@ -195,11 +196,11 @@ def test_push_needs_a_competition_slug_and_a_user(tmp_path, monkeypatch):
     smoke_experiment(home, "exp_s")
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "none"))
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
-    proc = call_kit(home, "competition.kernel", "push", "exp_s", check=False)
+    proc = call_kit(home, "competition.kaggle_kernel", "push", "exp_s", check=False)
     assert proc.returncode == 2 and "competition.slug is empty" in proc.stderr and "Traceback" not in proc.stderr
     text = (home / "competition.yaml").read_text().replace("name: tiny", "name: tiny\n  slug: tiny-comp")
     (home / "competition.yaml").write_text(text)
-    proc = call_kit(home, "competition.kernel", "push", "exp_s", check=False)
+    proc = call_kit(home, "competition.kaggle_kernel", "push", "exp_s", check=False)
     assert proc.returncode == 2 and "KAGGLE_USERNAME" in proc.stderr and "Traceback" not in proc.stderr
     assert not (home / ".cache" / "kaggle").exists()  # refused before anything was built
 

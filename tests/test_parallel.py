@@ -16,17 +16,16 @@ def oof(home, name) -> pd.DataFrame:
     return pd.read_csv(home / "experiments" / name / "oof.csv").sort_values("id").reset_index(drop=True)
 
 
-def test_one_process_per_device_equals_the_sequential_run(home):
-    smoke_experiment(home, "seq")
+def test_one_process_per_device_equals_the_sequential_run(trained_project):
+    home = trained_project  # `done`: the same smoke experiment, trained folds one after the other in one process
     smoke_experiment(home, "par")
-    call_kit(home, "competition.experiment", "seq")
     proc = run_kit(home, "competition.experiment", "par", "--devices", "cpu,cpu")
     assert proc.stderr.count("worker on cpu") == 2
     assert proc.stderr.count("assembled 2 fold(s)") == 1  # once, by the parent, after both workers
-    a, b = oof(home, "seq"), oof(home, "par")
+    a, b = oof(home, "done"), oof(home, "par")
     assert (a["id"] == b["id"]).all() and (a["fold"] == b["fold"]).all()
     np.testing.assert_allclose(a["prob"], b["prob"], atol=1e-6, rtol=0)
-    ta = pd.read_csv(home / "experiments" / "seq" / "test.csv")
+    ta = pd.read_csv(home / "experiments" / "done" / "test.csv")
     tb = pd.read_csv(home / "experiments" / "par" / "test.csv")
     np.testing.assert_allclose(ta["prob"], tb["prob"], atol=1e-6, rtol=0)
 

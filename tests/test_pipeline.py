@@ -19,16 +19,15 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, call_kit, run_kit, smoke_experiment
+from tests.conftest import REPO, call_kit, smoke_experiment
 
 pytestmark = pytest.mark.slow
 
 
-def test_whole_path_smoke(home):
-    smoke_experiment(home, "s1")
+def test_whole_path_smoke(trained_project):
+    home = trained_project  # experiment `done` (smoke_experiment: 2 folds), run with its report, shared
     smoke_experiment(home, "s2", model="regnetx_002", tta={"views": "d4"})
-    run_kit(home, "competition.experiment", "s1")
-    out = home / "experiments" / "s1"
+    out = home / "experiments" / "done"
     for f in ("config.yaml", "oof.csv", "test.csv", "metrics.json", "fold0/log.csv", "fold1/best.pt", "fold1/last.pt"):
         assert (out / f).is_file(), f
     oof = pd.read_csv(out / "oof.csv")
@@ -49,33 +48,33 @@ def test_whole_path_smoke(home):
     for png in ("curves", "roc", "pr", "confusion", "histogram", "balance", "confidently_wrong"):
         assert (out / "report" / f"{png}.png").is_file(), png
     some = sorted((home / "data" / "train_data").glob("*.jpg"))[:2]
-    cam = call_kit(home, "competition.explain", "s1", *map(str, some), "--out", str(home / "cam"))
+    cam = call_kit(home, "competition.explain", "done", *map(str, some), "--out", str(home / "cam"))
     assert len(cam.stdout.strip().splitlines()) == 2 and len(list((home / "cam").glob("*_gradcam.png"))) == 2
 
     mtime = (out / "fold0" / "best.pt").stat().st_mtime_ns
-    rerun = call_kit(home, "competition.experiment", "s1")
+    rerun = call_kit(home, "competition.experiment", "done")
     assert "fold 0 already done, skipping" in rerun.stderr
     assert (out / "fold0" / "best.pt").stat().st_mtime_ns == mtime
 
-    runtime = call_kit(home, "competition.experiment", "s1", "train.threads=2", "data.num_workers=0", "train.device=cpu",
+    runtime = call_kit(home, "competition.experiment", "done", "train.threads=2", "data.num_workers=0", "train.device=cpu",
                        "tta.max_batch=7", "train.compile=false", f"data.cache_dir={home / 'other_cache'}")
     assert "fold 1 already done, skipping" in runtime.stderr  # where a run executes is not what it computes
-    changed = call_kit(home, "competition.experiment", "s1", "train.epochs=2", check=False)
+    changed = call_kit(home, "competition.experiment", "done", "train.epochs=2", check=False)
     assert changed.returncode == 2 and "config changed" in changed.stderr and "--restart" in changed.stderr
 
     call_kit(home, "competition.experiment", "s2")
     board = (home / "experiments" / "LEADERBOARD.md").read_text()
-    assert "| s1 |" in board and "| s2 |" in board and "regnetx_002" in board
+    assert "| done |" in board and "| s2 |" in board and "regnetx_002" in board
 
-    blend = call_kit(home, "competition.ensemble", "s1", "s2", "--name", "smoke")
-    assert "s1" in blend.stdout and "s2" in blend.stdout and "nested" in blend.stdout
+    blend = call_kit(home, "competition.ensemble", "done", "s2", "--name", "smoke")
+    assert "done" in blend.stdout and "s2" in blend.stdout and "nested" in blend.stdout
     sub = pd.read_csv(home / "submissions" / "smoke.csv")
     assert sub["id"].tolist() == pd.read_csv(home / "data" / "sample_submission.csv")["id"].tolist()
     dry = call_kit(home, "competition.submit", str(home / "submissions" / "smoke.csv"), "--dry-run")
     assert "valid (12 rows)" in dry.stderr
 
     # predict CLI: the fold models + TTA on a folder reproduce the experiment's test predictions
-    pred = call_kit(home, "competition.predict", "s1", str(home / "data" / "test_data_v2"), "--csv", str(home / "p.csv"))
+    pred = call_kit(home, "competition.predict", "done", str(home / "data" / "test_data_v2"), "--csv", str(home / "p.csv"))
     assert len(pred.stdout.strip().splitlines()) == 12 and "images/s" in pred.stderr
     got = pd.read_csv(home / "p.csv")
     got["id"] = got["path"].str.replace(str(home / "data") + "/", "", regex=False)

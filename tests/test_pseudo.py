@@ -7,8 +7,10 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from competition.config import load_config
-from competition.experiment import inputs_fingerprint, load_tables
+from competition.folds import load_tables
+from competition.run_folder import inputs_fingerprint
 from competition.project import Project
 from tests.conftest import call_kit, make_competition, smoke_experiment
 
@@ -28,6 +30,7 @@ def fake_teacher(home, fingerprint: dict, test: pd.DataFrame) -> None:
     pd.DataFrame({"id": ids, "prob": 0.999}).to_csv(out / "test.csv", index=False)
 
 
+@pytest.mark.slow
 def test_fold_k_pseudo_labels_come_only_from_the_teachers_fold_k_model(tmp_path):
     home = make_competition(tmp_path)
     smoke_experiment(home, "student")
@@ -47,6 +50,7 @@ def test_fold_k_pseudo_labels_come_only_from_the_teachers_fold_k_model(tmp_path)
     assert json.loads((out / "metrics.json").read_text())["n_oof"] == len(train)  # OOF still the training rows
 
 
+@pytest.mark.slow  # the missing fold-1 teacher is found after fold 0 trained
 def test_a_teacher_trained_on_other_folds_or_missing_a_fold_is_refused(tmp_path):
     home = make_competition(tmp_path)
     smoke_experiment(home, "student")

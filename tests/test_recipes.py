@@ -132,6 +132,7 @@ def test_one_epoch_on_200_images_learns_and_a_zero_loss_would_not_pass(tmp_path,
     assert auc("exp_learn") > 0.7 and auc("exp_zero") < 0.6, (auc("exp_learn"), auc("exp_zero"))
 
 
+@pytest.mark.slow
 def test_swa_averages_the_last_epochs_and_recomputes_batchnorm_statistics(tmp_path):
     from torch.optim.swa_utils import update_bn
 

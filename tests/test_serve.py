@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import CIFAKE, REPO, call_kit, smoke_experiment
+from tests.conftest import CIFAKE, REPO, trained_copy
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -40,13 +40,13 @@ def post_file(url: str, name: str, data: bytes) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-@pytest.fixture
-def server(home):
-    smoke_experiment(home, "web", train={"folds": [0]})
-    call_kit(home, "competition.experiment", "web")
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`serve done` on a copy of the shared trained project, for every test of this module."""
+    home = trained_copy(tmp_path_factory, tmp_path_factory.mktemp("serve") / "home")
     port = free_port()
     env = {**os.environ, "KIT_HOME": str(home), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "competition.serve", "web", "--port", str(port), "--max-mb", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "competition.serve", "done", "--port", str(port), "--max-mb", "1",
                              "--max-queue", "3", "--max-megapixels", "40"],
                             cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"

@@ -44,6 +44,7 @@ def twins_data(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # over 5 s of CPU: kept out of the fast tier
 def test_twins_are_found_where_phash_finds_nothing(twins_data, tmp_path):
     truth = pd.read_csv(twins_data / "train.csv")
     pairs = truth.reset_index().groupby("scene")["index"].agg(list)
@@ -103,6 +104,7 @@ def test_shift_check_runs_beside_new_folds(shift_home):
     assert list((shift_home / "folds").glob("*_shift.md")) and list((shift_home / "folds").glob("*_audit.md"))
 
 
+@pytest.mark.slow  # over 5 s of CPU (fresh interpreters): kept out of the fast tier
 def test_run_sh_audit_shift_runs_the_shift_check():
     import os
     import subprocess

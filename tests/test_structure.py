@@ -73,6 +73,7 @@ def test_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) == []
 
 
+@pytest.mark.slow  # over 5 s of CPU (a fresh interpreter imports the inference side)
 def test_inference_side_never_imports_training():
     """A fresh interpreter importing predict/explain/serve/report/inference never loads competition.train."""
     code = ("import sys, competition.predict, competition.explain, competition.serve, competition.report, "
@@ -113,3 +114,53 @@ def test_every_cli_has_help_and_writes_nothing(module, tmp_path, capsys):
     assert done.value.code == 0
     assert "usage:" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []  # --help touches no file (leaderboard --help used to rewrite the board)
+
+
+# The layers, lowest first: a module may import its own layer and the layers below, never a higher one.
+# registries sit below config because config's allowed values (data.augment, tta.views, competition.metric) are
+# read from them; model sits below data because folds' twin embeddings load a backbone; experiment, the run
+# command, sits above the results it writes (leaderboard, report); submit is the Kaggle upload.
+# A name not in the package is ignored; a module missing here fails the test below.
+LAYERS = {
+    "base": "errors project atomic allocator paths",
+    "registries": "metrics augment",
+    "settings": "config config_reference options outputs cli",
+    "model": "model distributed",
+    "data": "tables folds grouping fold_checks audit shift embed decode image_cache dataset crop_cache pseudo",
+    "inference": "inference",
+    "training": "train run_folder assemble fold_workers",
+    "results": "leaderboard report compare blend ensemble submission predict explain serve export",
+    "commands": "experiment",
+    "kaggle": "kaggle_cli submit bundle kaggle_kernel kaggle_script",
+}
+LAYER_OF = {m: i for i, names in enumerate(LAYERS.values()) for m in names.split()}
+
+
+def upward_imports(modules: list[str], imports=imports_of) -> dict[tuple[str, str], str]:
+    """(importer, imported) -> 'a (layer) -> b (layer)' for every import of a higher layer among these modules."""
+    names = list(LAYERS)
+    return {(m, dep): f"{m} ({names[LAYER_OF[m]]}) -> {dep} ({names[LAYER_OF[dep]]})"
+            for m in modules if m in LAYER_OF for dep in sorted(imports(m))
+            if dep in LAYER_OF and LAYER_OF[dep] > LAYER_OF[m]}
+
+
+def test_every_module_has_a_layer():
+    unplaced = [m for m in MODULES if m not in LAYER_OF]
+    assert unplaced == [], (f"competition/{unplaced[0]}.py is in no layer: place it in LAYERS in "
+                            f"tests/test_structure.py ({', '.join(LAYERS)})")
+
+
+def test_imports_go_to_the_same_or_a_lower_layer():
+    found = upward_imports(MODULES)
+    assert found == {}, f"imports of a higher layer: {list(found.values())} - move the code down, or the caller up"
+
+
+def test_the_layer_check_sees_an_upward_import():
+    """The check itself can fail: a data module importing training is reported, a downward import is not."""
+    fake = {"tables": {"train", "errors"}, "folds": {"tables"}}.get
+    assert upward_imports(["tables", "folds"], fake) == {("tables", "train"): "tables (data) -> train (training)"}
+
+
+@pytest.mark.parametrize("module", ["compare", "kaggle_kernel"])
+def test_results_and_kaggle_tools_do_not_import_the_orchestrator(module):
+    assert "experiment" not in imports_of(module)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, write_yaml
+from tests.conftest import call_kit, write_yaml
 
 FAKE = """#!/usr/bin/env python3
 import os, sys
@@ -43,7 +41,8 @@ sys.exit(1)
 
 
 @pytest.fixture
-def kit(home, tmp_path):
+def kit(home, tmp_path, monkeypatch):
+    """(run, submission, kaggle log): run(*args) is `competition.submit` in this process with the fake kaggle on PATH."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     exe = bin_dir / "kaggle"
@@ -56,12 +55,14 @@ def kit(home, tmp_path):
     sample.assign(label=np.linspace(0, 1, len(sample))).to_csv(sub, index=False)
     log = tmp_path / "kaggle.log"
 
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
     def run(*args, mode="ok", timeout_s="300"):
-        env = {**os.environ, "KIT_KAGGLE_TIMEOUT": timeout_s, "KIT_HOME": str(home), "PYTHONPATH": str(REPO), "FAKE_KAGGLE_LOG": str(log),
-               "FAKE_KAGGLE_MODE": mode, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        env = {"KIT_KAGGLE_TIMEOUT": timeout_s, "FAKE_KAGGLE_LOG": str(log), "FAKE_KAGGLE_MODE": mode, "PATH": path,
                "KAGGLE_KEY": "s3cr3t-key-value"}
-        return subprocess.run([sys.executable, "-m", "competition.submit", *args], env=env, capture_output=True,
-                              text=True, timeout=120)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        return call_kit(home, "competition.submit", *args, check=False)
     return run, sub, log
 
 

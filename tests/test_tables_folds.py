@@ -28,6 +28,7 @@ def test_real_cifake_tables():
     assert list(test["id"]) == list(load_sample_submission(comp, PROJECT)["id"])
 
 
+@pytest.mark.slow  # over 5 s of CPU (fresh interpreters): kept out of the fast tier
 def test_folds_cli_is_deterministic_and_stratified(home):
     run_kit(home, "competition.folds")
     path = home / "folds" / "tiny_k2_s0.csv"

@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from competition.blend import METHODS
-from tests.conftest import call_kit, make_competition, smoke_experiment
+from tests.conftest import call_kit, copy_project, make_competition, shared_project, smoke_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -28,15 +28,19 @@ def board_row(home, first_cell: str) -> list[str]:
     raise AssertionError(f"{first_cell} not on the leaderboard")
 
 
-@pytest.fixture(scope="module")
-def f1_home(tmp_path_factory):
-    home = make_competition(tmp_path_factory.mktemp("f1"), n_per_class=30, n_test=16, metric="f1",
-                            submission_values="label")
+def build_f1_runs(home):
+    """An F1 competition with 0/1 submissions and two finished experiments, s1 and s2."""
+    make_competition(home, n_per_class=30, n_test=16, metric="f1", submission_values="label")
     smoke_experiment(home, "s1", train={"epochs": 2, "patience": 0})
     smoke_experiment(home, "s2", model="regnetx_002")
     call_kit(home, "competition.experiment", "s1")
     call_kit(home, "competition.experiment", "s2")
-    return home
+
+
+@pytest.fixture(scope="module")
+def f1_home(tmp_path_factory):
+    """This module's copy of the F1 project (trained once per test run, whichever xdist worker asks first)."""
+    return copy_project(shared_project(tmp_path_factory, "f1", build_f1_runs), tmp_path_factory.mktemp("f1") / "home")
 
 
 def test_leaderboard_number_is_f1_of_the_written_oof_labels(f1_home):

@@ -6,7 +6,7 @@
 
 push: the experiment's offline bundle (competition.bundle) becomes a private Kaggle dataset <user>/<comp>-<exp>-kit
 (created, or a new version; `-r zip` keeps its sub-folders), then a private script kernel <user>/<comp>-<exp>
-runs competition/kaggle_job.py with the GPU on, internet off, the competition and the bundle attached: it
+runs competition/kaggle_script.py with the GPU on, internet off, the competition and the bundle attached: it
 installs offline, trains every fold (one per GPU on 2x T4) and packs experiments/<exp>/ into <exp>.tar.
 status: the kernel's state. pull: its output downloaded, checked complete (every fold; OOF ids = the training
 ids, test rows = the test rows, in order) and refused otherwise with what is missing, then installed as
@@ -29,19 +29,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from competition import cli, kaggle_cli
+from competition import cli, kaggle_cli, options
 from competition.atomic import write_json, write_text
 from competition.bundle import build_bundle
 from competition.config import Config, load_config, load_saved_config
 from competition.errors import DataError, KitError
 from competition.kaggle_cli import KaggleError
 from competition.leaderboard import write_leaderboard
+from competition.paths import experiment_arg, user_path
 from competition.project import Project, inside
 
 log = logging.getLogger(__name__)
-JOB = Path(__file__).with_name("kaggle_job.py")
-STATES = {"complete": "complete", "running": "running", "queued": "queued", "error": "error",
-          "cancel": "cancelled", "new": "queued"}  # words in `kaggle kernels status` output -> state
+JOB = Path(__file__).with_name("kaggle_script.py")
+STATES = {"queued": "queued", "newscript": "queued", "running": "running", "complete": "complete", "error": "error",
+          "cancelrequested": "cancelled", "cancelacknowledged": "cancelled", "cancelled": "cancelled"}
+# the status field of `kaggle kernels status` (2.x: KernelWorkerStatus.CANCEL_REQUESTED, 1.x: cancelRequested),
+# letters only, lower case -> the kit's state
+STATUS_LINE = re.compile(r'^(?P<kernel>\S+) has status "(?P<status>[^"]*)"\s*$', re.M)
 READY_POLL_S = 10.0  # seconds between `datasets status` polls while Kaggle processes a new bundle version
 READY_WAIT_S = 900.0  # give up waiting for the bundle after this long (the kernel would see the old version)
 
@@ -67,7 +71,7 @@ def kernel_metadata(cfg: Config, refs: dict, code_file: str, accelerator: str) -
 
 
 def job_script(cfg: Config, refs: dict, manifest: dict) -> str:
-    """competition/kaggle_job.py with its SETTINGS filled in for this experiment."""
+    """competition/kaggle_script.py with its SETTINGS filled in for this experiment."""
     settings = {"experiment": cfg.name, "slug": cfg.competition.slug, "train_csv": cfg.competition.train_csv,
                 "bundle": refs["dataset"], "pretrained_file": manifest.get("pretrained_file", "")}
     text = JOB.read_text()
@@ -96,15 +100,23 @@ def wait_ready(dataset: str, poll_s: float = READY_POLL_S, limit_s: float = READ
     t0 = time.monotonic()
     while True:
         _, output = kaggle_cli.run(["datasets", "status", dataset], f"dataset {dataset}")
-        status = output.strip().lower()
-        if "ready" in status:
+        status = dataset_state(output)
+        if status == "ready":
             return "ready"
-        if "error" in status or "fail" in status:
+        if status in ("failed", "deleted", "error"):
             raise KaggleError(f"Kaggle could not process the bundle {dataset}: {output.strip()[:200]}")
         if time.monotonic() - t0 > limit_s:
             raise KaggleError(f"the bundle {dataset} is still '{output.strip()[:60]}' after {limit_s:g} s; run "
                               f"`./run.sh kaggle push` again once kaggle.com shows it ready")
         time.sleep(poll_s)
+
+
+def dataset_state(output: str) -> str:
+    """The status `kaggle datasets status` printed: its last line that is one status word (ready, failed,
+    blobs_received, ...; 2.x prints the lower-cased DatabundleVersionStatus name), '' when there is none; a word
+    inside another line ("already", a warning) never counts."""
+    words = [line.strip().lower() for line in output.splitlines() if re.fullmatch(r"[A-Za-z_]+", line.strip())]
+    return words[-1] if words else ""
 
 
 def push(project: Project, name: str, accelerator: str = "NvidiaTeslaT4", wheels: bool = True,
@@ -139,7 +151,7 @@ def push(project: Project, name: str, accelerator: str = "NvidiaTeslaT4", wheels
 
 def ensure_local_folds(cfg: Config, project: Project) -> None:
     """Build (and audit) the folds file here when the data is here, so the kernel trains on the local folds."""
-    from competition.experiment import load_tables
+    from competition.folds import load_tables
 
     if project.folds_file(cfg).is_file():
         return
@@ -162,12 +174,25 @@ def status(project: Project, name: str, user: str = "") -> str:
     cfg = load_config(name, [], project, check_model=False)
     refs = read_state(project, cfg, user)
     _, output = kaggle_cli.run(["kernels", "status", refs["kernel"]], f"kernel {refs['kernel']}")
-    words = output.lower()
-    found = [state for word, state in STATES.items() if word in words]
-    state = found[0] if found else "unknown"
-    detail = re.search(r'failure message: "(.*)"', output, re.I)
+    state = parse_status(output, refs["kernel"])
+    detail = re.search(r'^failure message: "(.*)"', output, re.I | re.M)
+    if state == "unknown":
+        log.warning("%s: status not understood from the kaggle CLI's answer: %s", refs["kernel"],
+                    kaggle_cli.last_line(output))
     log.info("%s: %s%s", refs["kernel"], state, f" ({detail.group(1)[:200]})" if detail else "")
     return state
+
+
+def parse_status(output: str, kernel: str) -> str:
+    """The state in `kaggle kernels status` output: the quoted field of the line `<kernel> has status "..."`
+    (2.x: "KernelWorkerStatus.RUNNING"; 1.x: "running"), never a word found elsewhere (a kernel named
+    exp-complete is not complete); unknown when there is no such line."""
+    lines = list(STATUS_LINE.finditer(output))
+    line = next((m for m in lines if m["kernel"] == kernel), lines[-1] if lines else None)
+    if line is None:
+        return "unknown"
+    field = re.sub(r"[^a-z]", "", line["status"].rsplit(".", 1)[-1].lower())
+    return STATES.get(field, "unknown")
 
 
 def download(refs: dict, dest: Path) -> Path:
@@ -266,13 +291,33 @@ def install_outputs(project: Project, cfg: Config, staged: Path, replace: bool) 
     if dest.exists() and any(dest.iterdir()) and not replace:
         raise DataError(f"{dest} already holds a run of {cfg.name}; pass --replace to swap in the kernel's outputs")
     old = inside(dest.with_name(f".{cfg.name}.replaced"), project.experiments)
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)  # moved aside, not deleted, until the new outputs are in place
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(staged / "experiments" / cfg.name), str(dest))
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(staged / "experiments" / cfg.name, dest, old)
     return dest
+
+
+def swap_in(new: Path, dest: Path, old: Path) -> None:
+    """Move the folder new to dest. A run already at dest is moved aside to old first, put back when the move
+    fails, and deleted only once the new run is in place; an old left by a swap that died between its two moves
+    is restored before anything else."""
+    if old.exists() and not dest.exists():
+        old.rename(dest)  # an earlier swap died after moving the old run aside: it is the only copy
+    shutil.rmtree(old, ignore_errors=True)
+    had_old = dest.exists()
+    if had_old:
+        dest.rename(old)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.move(str(new), str(dest))
+    except BaseException as err:
+        shutil.rmtree(dest, ignore_errors=True)  # whatever part of the new run arrived
+        if had_old:
+            old.rename(dest)
+        if not isinstance(err, Exception):
+            raise
+        kept = "the previous run is back in place" if had_old else "nothing was installed"
+        raise KitError(f"could not move the pulled run into {dest} ({type(err).__name__}: {err}); {kept} - free "
+                       f"space or fix the folder's permissions, then rerun the pull") from err
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def pull(project: Project, name: str, user: str = "", replace: bool = False) -> Path:
@@ -304,12 +349,13 @@ def pull(project: Project, name: str, user: str = "", replace: bool = False) -> 
 def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point."""
     parser = cli.parser(__doc__)
-    parser.add_argument("action", choices=("push", "status", "pull"))
+    parser.add_argument("action", type=options.choice("push", "status", "pull"))
     parser.add_argument("experiment")
     parser.add_argument("--user", default="", help="Kaggle user owning the dataset and kernel (default: credentials)")
-    parser.add_argument("--accelerator", default="NvidiaTeslaT4", help="push: Kaggle machine (NvidiaTeslaT4 = 2x T4)")
+    parser.add_argument("--accelerator", default="NvidiaTeslaT4", type=options.kaggle_gpu(),
+                        help="push: Kaggle machine (NvidiaTeslaT4 = 2x T4)")
     parser.add_argument("--no-wheels", action="store_true", help="push: no wheels (the image has every requirement)")
-    parser.add_argument("--target-freeze", type=Path, help="push: `pip freeze` of the Kaggle image; its packages are "
+    parser.add_argument("--target-freeze", help="push: `pip freeze` of the Kaggle image; its packages are "
                                                            "left out of the wheels")
     parser.add_argument("--allow-dirty", action="store_true", help="push: bundle uncommitted code (recorded)")
     parser.add_argument("--replace", action="store_true", help="pull: replace a local run of the same experiment")
@@ -317,8 +363,10 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     project = project or Project.from_env()
 
     def body() -> int:
+        args.experiment = experiment_arg(args.experiment, project)  # a name, or its YAML typed from anywhere
         if args.action == "push":
-            state = push(project, args.experiment, args.accelerator, not args.no_wheels, args.target_freeze, args.user,
+            freeze = user_path(args.target_freeze, project, "--target-freeze", kind="file") if args.target_freeze else None
+            state = push(project, args.experiment, args.accelerator, not args.no_wheels, freeze, args.user,
                          args.allow_dirty)
             log.info("kernel %s pushed: %s", state["kernel"], state["url"])
             log.info("next: ./run.sh kaggle status %s   (then, when complete) ./run.sh kaggle pull %s",

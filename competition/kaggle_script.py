@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SETTINGS: dict = {}  # replaced by competition.kernel at push: experiment, competition slug, train_csv, bundle slug
+SETTINGS: dict = {}  # replaced by competition.kaggle_kernel at push: experiment, competition slug, train_csv, bundle slug
 
 
 def log(message: str) -> None:

@@ -1,0 +1,146 @@
+"""Fold outputs -> the experiment's outputs: each fold's oof.csv, test.csv and result.json as it finishes, then
+all folds gathered into oof.csv, test.csv (fold mean), the bad-image lists and metrics.json.
+
+Assembly is refused while a fold is missing; it runs once, after every fold, in whichever process assembles
+(the run itself, or `./run.sh assemble <exp>` after folds trained elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from competition.atomic import write_csv, write_json
+from competition.config import Config
+from competition.errors import DataError
+from competition.metrics import (THRESHOLD_METRICS, best_threshold, greater_is_better, positive_rates, score,
+                                 score_all, score_note, warn_positive_rates)
+from competition.pseudo import pseudo_file
+from competition.run_folder import RESTART_ADVICE, fold_done
+from competition.train import select_metric
+
+log = logging.getLogger(__name__)
+
+
+def require_finished(cfg: Config, out: Path, folds: list[int]) -> None:
+    """Refuse to assemble while a fold is missing, saying how to run it."""
+    missing = [k for k in folds if not fold_done(out / f"fold{k}")]
+    if missing:
+        raise DataError(f"{out}: fold(s) {missing} not finished - run them (e.g. `./run.sh {cfg.name} --folds "
+                        f"{','.join(map(str, missing))} --no-assemble`), then `./run.sh assemble {cfg.name}`")
+
+
+def write_fold_outputs(cfg: Config, fold_dir: Path, val: pd.DataFrame, test: pd.DataFrame, oof, tst,
+                       seconds: float) -> None:
+    """fold{k}/oof.csv, test.csv (every row, with decode errors) and result.json."""
+    fold = int(fold_dir.name[4:])
+    write_csv(fold_dir / "oof.csv", pd.DataFrame({
+        "id": val["id"].values, "fold": fold, "target": val["label"].values, "prob": oof.prob,
+        "prob_identity": oof.prob_identity, "error": [oof.errors.get(i, "") for i in range(len(val))]}))
+    write_csv(fold_dir / "test.csv", pd.DataFrame({
+        "id": test["id"].values, "prob": tst.prob, "error": [tst.errors.get(i, "") for i in range(len(test))]}))
+    write_fold_result(cfg, fold_dir, val["label"].to_numpy(), oof, seconds)
+
+
+def write_fold_result(cfg: Config, fold_dir: Path, target: np.ndarray, oof, seconds: float) -> None:
+    """fold{k}/result.json: scores (TTA and identity view), best epoch and timings."""
+    metric = cfg.competition.metric
+    history = pd.read_csv(fold_dir / "log.csv")
+    best_epoch = torch.load(fold_dir / "best.pt", map_location="cpu", weights_only=True)["epoch"]
+    result = {"fold": int(fold_dir.name[4:]), "best_epoch": best_epoch, "epochs_run": len(history),
+              "score": score(metric, target, oof.prob), "score_identity": score(metric, target, oof.prob_identity),
+              **score_all(target, oof.prob), "train_s": float(history["epoch_s"].sum()), "predict_s": seconds}
+    if pseudo_file(fold_dir).is_file():
+        result["pseudo_rows"] = len(pd.read_csv(pseudo_file(fold_dir)))
+    write_json(fold_dir / "result.json", result)
+    log.info("%s done: OOF %s %.5f (identity %.5f)%s", fold_dir.name, metric, result["score"], result["score_identity"],
+             " at threshold 0.5; the experiment's threshold is tuned on all folds' OOF" if metric in THRESHOLD_METRICS else "")
+
+
+def read_folds(out: Path, folds_run: list[int], test: pd.DataFrame) -> tuple[pd.DataFrame, list, list]:
+    """Every finished fold's OOF rows, test predictions (checked in test order) and result."""
+    read = lambda f: pd.read_csv(f, dtype={"id": str}, keep_default_na=False)  # noqa: E731
+    oof = pd.concat([read(out / f"fold{k}" / "oof.csv") for k in folds_run], ignore_index=True)
+    tests = [read(out / f"fold{k}" / "test.csv") for k in folds_run]
+    results = [json.loads((out / f"fold{k}" / "result.json").read_text()) for k in folds_run]
+    for k, frame in zip(folds_run, tests):
+        if len(frame) != len(test) or not (frame["id"].values == test["id"].values).all():
+            raise DataError(f"{out / f'fold{k}' / 'test.csv'} does not list the current test rows in order - the test "
+                            f"table changed since this fold ran; {RESTART_ADVICE}")
+    return oof, tests, results
+
+
+def assemble(cfg: Config, out: Path, folds_run: list[int], n_folds: int, test: pd.DataFrame, wall_s: float) -> dict:
+    """The experiment's outputs from its finished folds (refused while one is missing); metrics.json's content."""
+    require_finished(cfg, out, folds_run)
+    metrics = write_outputs(cfg, out, folds_run, n_folds, test, wall_s)
+    log.info("%s: assembled %d fold(s): OOF %s %.5f (folds %.5f +- %.5f), TTA gain %+.5f, %.1f min", cfg.name,
+             len(folds_run), metrics["score_note"], metrics["oof_score"], metrics["fold_mean"], metrics["fold_std"],
+             metrics["tta"]["gain"], wall_s / 60)
+    return metrics
+
+
+def write_outputs(cfg: Config, out: Path, folds_run: list[int], n_folds: int, test: pd.DataFrame,
+                  wall_s: float) -> dict:
+    """Gather fold outputs into oof.csv, test.csv (fold mean), bad-image lists and metrics.json."""
+    oof, fold_tests, results = read_folds(out, folds_run, test)
+    test_prob = np.mean([f["prob"].to_numpy(dtype=float) for f in fold_tests], axis=0)
+    write_csv(out / "oof.csv", oof[["id", "fold", "target", "prob"]])
+    write_csv(out / "test.csv", pd.DataFrame({"id": test["id"].values, "prob": test_prob}))
+    bad = {"train": oof.loc[oof["error"] != "", ["id", "error"]],
+           "test": fold_tests[0].loc[fold_tests[0]["error"] != "", ["id", "error"]]}
+    write_csv(out / "bad_train_images.csv", bad["train"])
+    write_csv(out / "bad_test_images.csv", bad["test"])
+    metrics = summarize(cfg, oof, results, folds_run, n_folds, wall_s, test_prob)
+    metrics.update(bad_train_images=len(bad["train"]), bad_test_images=len(bad["test"]))
+    write_json(out / "metrics.json", metrics)
+    if cfg.competition.metric in THRESHOLD_METRICS:
+        warn_positive_rates(metrics["positive_rate"], metrics["threshold"], cfg.name)
+    warn_bad_images(bad, out)
+    return metrics
+
+
+def summarize(cfg: Config, oof: pd.DataFrame, results: list[dict], folds_run: list[int], n_folds: int,
+              wall_s: float, test_prob: np.ndarray) -> dict:
+    """metrics.json's content: OOF score at the file's threshold, fold spread, TTA gain, positive rates, timings.
+
+    For f1/accuracy every score is at the one threshold tuned on all OOF rows: the threshold a submission
+    of this experiment uses. Fold mean/std are at that threshold too."""
+    metric = cfg.competition.metric
+    target, prob = oof["target"].to_numpy(), oof["prob"].to_numpy(dtype=float)
+    identity = oof["prob_identity"].to_numpy(dtype=float)
+    threshold = best_threshold(metric, target, prob)
+    fold = oof["fold"].to_numpy()
+    fold_scores = [score(metric, target[fold == k], prob[fold == k], threshold) for k in folds_run]
+    tta_id, tta = score(metric, target, identity, best_threshold(metric, target, identity)), score(metric, target, prob, threshold)
+    return {
+        "experiment": cfg.name, "description": cfg.description, "metric": metric,
+        "complete": sorted(folds_run) == list(range(n_folds)), "folds_run": folds_run, "n_oof": len(oof),
+        "oof_score": tta, "fold_mean": float(np.mean(fold_scores)), "fold_std": float(np.std(fold_scores)),
+        "score_note": score_note(metric, threshold), "oof": score_all(target, prob, threshold), "folds": results,
+        "tta": {"views": cfg.tta.views, "crops": cfg.tta.crops, "tiles": cfg.tta.tiles, "oof_identity": tta_id, "oof_tta": tta,
+                "gain": (tta - tta_id) if greater_is_better(metric) else (tta_id - tta)},
+        "threshold": threshold, "positive_rate": positive_rates(prob, test_prob, threshold),
+        "model": cfg.model.name, "img_size": cfg.data.img_size, "input_upscale": cfg.model.input_upscale,
+        "augment": cfg.data.augment, "epochs": cfg.train.epochs, "epochs_run": [r["epochs_run"] for r in results],
+        "select_by": select_metric(cfg), "train_s": float(sum(r["train_s"] for r in results)), "wall_s": wall_s,
+    }
+
+
+def warn_bad_images(bad: dict[str, pd.DataFrame], out: Path) -> None:
+    """Log every undecodable image once, then a loud summary per split."""
+    for split, frame in bad.items():
+        for row in frame.itertuples():
+            log.warning("bad %s image %s: %s", "training" if split == "train" else split, row.id, row.error)
+    if len(bad["train"]):
+        log.warning("%d training image(s) skipped (weight 0, OOF = prior); listed in %s", len(bad["train"]),
+                    out / "bad_train_images.csv")
+    if len(bad["test"]):
+        log.warning("!!! %d test image(s) could not be decoded and got the training prior as prediction; "
+                    "listed in %s", len(bad["test"]), out / "bad_test_images.csv")
+

@@ -1,0 +1,197 @@
+"""Command-line option types with declared ranges: the one way a numeric or enumerated option is parsed.
+
+Every such option of every CLI is declared with one of these as its argparse `type=`:
+
+    parser.add_argument("--max-mb", type=options.number(float, gt=0, le=10240, unit="MB"), default=20.0)
+    parser.add_argument("--method", type=options.choice("auto", "mean", "rank"), default="auto")
+
+A value outside the declared range (negative, zero where not allowed, NaN, inf, a word, a huge number, a
+misspelt choice) is refused while the command line is parsed: `cli.KitParser` prints one line naming the
+option, the value and what is allowed, and exits 2 - before any model is loaded or file written. The range
+is also appended to the option's --help text. tests/test_options.py walks every CLI's parser and fails on a
+numeric or enumerated option that does not use these types.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import operator
+import re
+from typing import Any
+
+from competition.config import Range
+
+__all__ = ["Option", "Number", "Choice", "NumberList", "Pattern", "number", "fraction", "port", "choice",
+           "number_list", "device", "devices", "python_version", "kaggle_gpu"]
+
+
+class Option:
+    """An argparse `type=` callable: text -> value, or ArgumentTypeError saying what is allowed."""
+
+    def describe(self) -> str:
+        """What values are allowed, in words (shown in --help and in every refusal)."""
+        raise NotImplementedError
+
+    def parse(self, text: str) -> Any:
+        """The value of text, or None when text is not allowed."""
+        raise NotImplementedError
+
+    def __call__(self, text: str) -> Any:
+        value = self.parse(str(text).strip())
+        if value is None:
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed: expected {self.describe()}{self.hint(text)}")
+        return value
+
+    def hint(self, text: str) -> str:
+        """An extra clause for a refusal (e.g. a close choice); '' when none."""
+        return ""
+
+    @property
+    def __name__(self) -> str:  # argparse names a type by its __name__ in a few messages
+        return type(self).__name__.lower()
+
+
+def _bounds(bound: Range) -> list[tuple[float, str]]:
+    """[(limit, operator)] of the limits a Range sets."""
+    pairs = [(bound.ge, ">="), (bound.gt, ">"), (bound.le, "<="), (bound.lt, "<")]
+    return [(limit, op) for limit, op in pairs if limit is not None]
+
+
+def within(value: float, bound: Range) -> bool:
+    """Whether a finite value satisfies every limit of bound."""
+    tests = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+    finite = isinstance(value, int) or math.isfinite(value)
+    return finite and all(tests[op](value, limit) for limit, op in _bounds(bound))
+
+
+def _number(kind: type, text: str) -> float | int | None:
+    """text as an int (digits only) or a finite float; None when it is neither."""
+    try:
+        value = int(text, 10) if kind is int else float(text)
+    except ValueError:
+        return None
+    return value if kind is int or math.isfinite(value) else None
+
+
+class Number(Option):
+    """An int or float within a Range (finite always: NaN and inf are refused)."""
+
+    def __init__(self, kind: type, bound: Range, unit: str = ""):
+        if kind not in (int, float):
+            raise TypeError(f"options.number: kind must be int or float, not {kind!r}")
+        self.kind, self.bound, self.unit = kind, bound, unit
+
+    def describe(self) -> str:
+        limits = " and ".join(f"{op} {limit:g}" for limit, op in _bounds(self.bound))
+        what = "an integer" if self.kind is int else "a number"
+        return f"{what}{' ' + limits if limits else ''}{' (' + self.unit + ')' if self.unit else ''}"
+
+    def parse(self, text: str) -> float | int | None:
+        value = _number(self.kind, text)
+        return value if value is not None and within(value, self.bound) else None
+
+
+class Choice(Option):
+    """One of a fixed set of words (exact spelling; a close one is suggested)."""
+
+    def __init__(self, *values: str):
+        if not values:
+            raise TypeError("options.choice needs at least one value")
+        self.values = tuple(values)
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.values)
+
+    def parse(self, text: str) -> str | None:
+        return text if text in self.values else None
+
+    def hint(self, text: str) -> str:
+        close = difflib.get_close_matches(str(text).strip().lower(), [v.lower() for v in self.values], n=1)
+        return f" (did you mean {self.values[[v.lower() for v in self.values].index(close[0])]!r}?)" if close else ""
+
+
+class NumberList(Option):
+    """Comma-separated integers, each within a Range, each at most once: `0,2` -> [0, 2] (as_text: the checked
+    text itself, for a command that parses it further; '' stays '' as 'not given')."""
+
+    def __init__(self, bound: Range, what: str = "numbers", as_text: bool = False):
+        self.item, self.what, self.as_text = Number(int, bound), what, as_text
+
+    def describe(self) -> str:
+        return f"comma-separated {self.what}, each once, each {self.item.describe().removeprefix('an ')}"
+
+    def parse(self, text: str) -> list[int] | str | None:
+        if self.as_text and text == "":
+            return text
+        items = [self.item.parse(part.strip()) for part in text.split(",")]
+        if not text or None in items or len(set(items)) != len(items):
+            return None
+        return ",".join(map(str, items)) if self.as_text else items
+
+
+class Pattern(Option):
+    """Text matching a regular expression (device names and the like), described by examples."""
+
+    def __init__(self, regex: str, describe: str):
+        self.regex, self.text = re.compile(regex), describe
+
+    def describe(self) -> str:
+        return self.text
+
+    def parse(self, text: str) -> str | None:
+        return text if self.regex.fullmatch(text) else None
+
+
+def number(kind: type = float, ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None, unit: str = "") -> Number:
+    """An int or float option within [ge|gt, le|lt] (inclusive ge/le, exclusive gt/lt)."""
+    return Number(kind, Range(ge=ge, gt=gt, le=le, lt=lt), unit)
+
+
+def fraction(low_open: bool = False, high_open: bool = False) -> Number:
+    """A float in [0, 1] (ends excluded when asked)."""
+    return number(float, gt=0.0 if low_open else None, ge=None if low_open else 0.0,
+                  lt=1.0 if high_open else None, le=None if high_open else 1.0)
+
+
+def port() -> Number:
+    """A TCP port to listen on: 1..65535."""
+    return number(int, ge=1, le=65535)
+
+
+def choice(*values: str) -> Choice:
+    """One of values, spelt exactly."""
+    return Choice(*values)
+
+
+def number_list(ge: int = 0, le: int = 999, what: str = "numbers", as_text: bool = False) -> NumberList:
+    """Comma-separated distinct integers within [ge, le]: `0,1` (as_text: returned as checked text)."""
+    return NumberList(Range(ge=ge, le=le), what, as_text)
+
+
+DEVICE = r"cpu|cuda|cuda:\d{1,2}"
+
+
+def device(auto: bool = True, empty: bool = False) -> Pattern:
+    """A torch device name: auto (when allowed), cpu, cuda or cuda:N ('' too when empty means 'the config's')."""
+    regex = "|".join(["auto"] * auto + [DEVICE] + [""] * empty)
+    return Pattern(f"(?:{regex})", f"{'auto, ' if auto else ''}cpu, cuda or cuda:N")
+
+
+def devices(empty: bool = False) -> Pattern:
+    """A comma-separated list of devices, one process each: `0,1` (GPU numbers), `cuda:0,cuda:1` or `cpu,cpu`."""
+    item = rf"(?:\d{{1,2}}|{DEVICE})"
+    return Pattern(rf"{item}(?:,{item})*{'|' if empty else ''}", "comma-separated devices: GPU numbers (0,1), "
+                   "cuda:N or cpu")
+
+
+def python_version() -> Pattern:
+    """A Python version to fetch wheels for: 3.N ('' = this interpreter's)."""
+    return Pattern(r"|3\.\d{1,2}", "a Python version such as 3.11")
+
+
+def kaggle_gpu() -> Pattern:
+    """A Kaggle GPU machine shape (the kit's kernel trains on a GPU): Nvidia..., e.g. NvidiaTeslaT4 (2x T4)."""
+    return Pattern(r"Nvidia[A-Za-z0-9]{2,40}", "a Kaggle GPU machine shape such as NvidiaTeslaT4 (2x T4)")
