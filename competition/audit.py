@@ -222,11 +222,12 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("--threshold", type=options.number(float, ge=0.5, lt=1.0, unit="AUC"), default=THRESHOLD,
                         help="warn when metadata alone predicts the label with an AUC above this")
     args = parser.parse_args(argv)
-    project = project or Project.from_env()
     if args.data and "=" in args.data:
         args.overrides, args.data = [args.data, *args.overrides], ""
 
     def body() -> int:
+        nonlocal project
+        project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
         cfg = load_config("", args.overrides, project, check_model=False)
         comp, stem, folds = cfg.competition, project.folds_file(cfg).stem, None
         if args.data:

@@ -316,9 +316,10 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("--platform", default="", help="wheels for this platform (e.g. manylinux2014_x86_64)")
     parser.add_argument("--allow-dirty", action="store_true", help="bundle uncommitted code (recorded as dirty)")
     args = parser.parse_args(argv)
-    project = project or Project.from_env()
 
     def body() -> int:
+        nonlocal project
+        project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
         dest = check_bundle_dest(project, args.dest, args.force)
         freeze = user_path(args.target_freeze, project, "--target-freeze", kind="file") if args.target_freeze else None
         build_bundle(project, experiment_arg(args.experiment, project), dest, not args.no_wheels, freeze,

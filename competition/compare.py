@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from competition import cli, outputs
-from competition.config import load_saved_config, to_dict
+from competition.config import load_saved_config, require_experiment, to_dict
 from competition.errors import ConfigError
 from competition.metrics import greater_is_better
 from competition.paths import experiment_arg, output_path
@@ -51,6 +51,7 @@ def load_run(project: Project, name: str) -> tuple[dict, dict]:
     """(resolved config as a dict, metrics.json) of a finished experiment."""
     out = project.experiment_dir(name)
     if not (out / "metrics.json").is_file():
+        require_experiment(name, project)  # a name with neither outputs nor a YAML: say which exist
         raise ConfigError(f"{out}: no metrics.json - run `./run.sh {name}` first")
     return to_dict(load_saved_config(out / "config.yaml")), json.loads((out / "metrics.json").read_text())
 
@@ -104,9 +105,10 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("--out", help="also write the table to this markdown file")
     parser.add_argument("--force", action="store_true", help="let --out replace a file compare did not write")
     args = parser.parse_args(argv)
-    project = project or Project.from_env()
 
     def body() -> int:
+        nonlocal project
+        project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
         out = outputs.check_target(project, output_path(args.out, "--out"), "compare", args.force) if args.out else None
         table = compare(project, [experiment_arg(e, project) for e in args.experiments])
         print(table)  # noqa: T201 - the command's output

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import glob
+import json
 import logging
+import os
 import re
+import socket
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,12 +286,37 @@ def parse_yaml_lines(text: str, where: str) -> tuple[Any, dict[str, int]]:
         raise ConfigError(f"{where}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        at = "" if not mark else (f":{mark.line + 1}:{mark.column + 1}" if not where.startswith("override")
+                                   else f" at column {mark.column + 1}")
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{where}: not valid YAML{at}: {problem} (tabs are not allowed for indentation; "
-                          f"tags like !!python/object are refused)") from None
+        hint = yaml_hint(err, text)
+        raise ConfigError(f"{where}{at}: not valid YAML: {problem}{'; ' + hint if hint else ''}") from None
     finally:
         loader.dispose()
+
+
+def yaml_hint(err: yaml.YAMLError, text: str) -> str:
+    """The one fix that fits a YAML syntax error ("" when none is known): an unclosed bracket or quote, tabs
+    (only when the text has tabs), a tag, a `key: value` inside a value."""
+    context, problem = str(getattr(err, "context", "") or ""), str(getattr(err, "problem", "") or "")
+    start = getattr(err, "context_mark", None)
+    opened = f" opened on line {start.line + 1}, column {start.column + 1}" if start else ""
+    brackets = {"flow mapping": "`{`", "flow sequence": "`[`"}
+    for kind, bracket in brackets.items():
+        if kind in context:
+            close = "}" if bracket == "`{`" else "]"
+            return f"the {bracket}{opened} is not closed; add the `{close}` (or remove the {bracket})"
+    if "quoted scalar" in context:
+        return f"the quote{opened} is not closed; add the closing quote"
+    if "\t" in text and ("\\t" in problem or "\t" in problem):
+        return "tabs are not allowed for indentation; indent with spaces"
+    if "constructor for the tag" in problem:
+        return "tags like !!python/object are refused; write plain values"
+    if "mapping values are not allowed" in problem:
+        return "a value contains `: `; put each key on its own line (indented under its section) or quote the value"
+    if "\t" in text:
+        return "the text has tab characters; YAML indentation must use spaces"
+    return ""
 
 
 def parse_yaml(text: str, where: str) -> Any:
@@ -294,10 +324,14 @@ def parse_yaml(text: str, where: str) -> Any:
     return parse_yaml_lines(text, where)[0]
 
 
+EXPERIMENT_SUFFIXES = (".yaml", ".yml")  # an experiment's YAML; `.yml` is read when it is the only one
+
+
 def experiment_file(name_or_path: str, project: Project) -> Path:
-    """Map `exp001` or a path ending in .yaml to the experiment's YAML file."""
+    """Map `exp001` or a path ending in .yaml/.yml to the experiment's YAML file; a missing one is refused with
+    the close names that exist (see missing_experiment)."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
+    if path.suffix.lower() in EXPERIMENT_SUFFIXES:
         try:
             check_name(path.stem)  # `..yaml` would put outputs in experiments/. or above
         except ConfigError as err:
@@ -307,8 +341,63 @@ def experiment_file(name_or_path: str, project: Project) -> Path:
         try:
             return experiment_yaml(name_or_path, project)
         except PathNotFound as err:
+            if len(path.parts) == 1:  # a bare file name: it would be in experiments/
+                raise missing_experiment(path.stem, project.experiments, typed=name_or_path) from None
             raise ConfigError(f"{err} (config file not found)") from None
-    return project.experiments / f"{check_name(name_or_path)}.yaml"
+    return named_yaml(check_name(name_or_path), project.experiments)
+
+
+def named_yaml(name: str, folder: Path) -> Path:
+    """<folder>/<name>.yaml, or the one same-stem .yml (any case) when it is the only one; two are refused."""
+    found = sorted(p for p in folder.glob(f"{glob.escape(name)}.*")
+                   if p.stem == name and p.suffix.lower() in EXPERIMENT_SUFFIXES and p.is_file()) if folder.is_dir() else []
+    if len(found) > 1:
+        raise ConfigError(f"experiment `{name}`: {' and '.join(p.name for p in found)} both exist in {folder}; "
+                          f"delete or rename all but one, so that `{name}` names one file")
+    if not found:
+        raise missing_experiment(name, folder)
+    if found[0].suffix != ".yaml":
+        log.info("experiment %s: reading %s (there is no %s.yaml)", name, found[0], name)
+    return found[0]
+
+
+def experiment_names(folder: Path) -> list[str]:
+    """The experiments a folder holds: YAML stems and output folders."""
+    if not folder.is_dir():
+        return []
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return sorted({p.stem for p in entries if p.is_file() and p.suffix.lower() in EXPERIMENT_SUFFIXES}
+                  | {p.name for p in entries if p.is_dir()})
+
+
+def missing_experiment(name: str, folder: Path, typed: str = "") -> ConfigError:
+    """The refusal of an experiment that has neither a YAML nor outputs in `folder`, with the close names that
+    exist (the same letters in another case first, then similar spellings) and same-stem files of other types."""
+    names = [n for n in experiment_names(folder) if n != name]
+    close = [n for n in names if n.lower() == name.lower()] or difflib.get_close_matches(
+        name, names, n=3, cutoff=0.5 if len(name) <= 3 else 0.6)  # `tl` for `t1`: one letter of two
+    same_stem = sorted(p for p in folder.glob(f"{glob.escape(name)}.*") if p.is_file() and p.stem == name
+                       and p.name != (typed or f"{name}.yaml")) if folder.is_dir() else []
+    hints = [f"did you mean {' or '.join(f'`{n}`' for n in close)}?"] if close else []
+    readable = [p.name for p in same_stem if p.suffix.lower() in EXPERIMENT_SUFFIXES]
+    if readable:
+        hints.append(f"{readable[0]} is there: name it as `{name}` or `{readable[0]}`")
+    elif same_stem:
+        hints.append(f"{same_stem[0].name} is there: an experiment's file must be {name}.yaml (or .yml); rename it")
+    if not hints:
+        listed = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        hints.append(f"create {folder / name}.yaml (e.g. `base: exp001` plus what differs) and run `./run.sh {name}`"
+                     + (f", or use one of: {listed}" if names else ""))
+    outputs = "" if (folder / name).is_dir() else f" and no outputs in {folder / name}"
+    return ConfigError(f"experiment `{typed or name}`: config file not found (no {folder / (typed or name + '.yaml')}{outputs}); "
+                       f"{'; '.join(hints)}")
+
+
+def require_experiment(name: str, project: Project) -> None:
+    """Refuse (missing_experiment) a name with neither a YAML nor an outputs folder in experiments/."""
+    if not project.experiment_dir(name).is_dir() and not any(
+            (project.experiments / f"{name}{s}").is_file() for s in EXPERIMENT_SUFFIXES):
+        raise missing_experiment(name, project.experiments)
 
 
 Origins = dict  # dotted key -> where it was set: "<file>:<line>" or "override '<section.key=value>'"
@@ -470,8 +559,58 @@ def _check_type(where: str, value: Any, hint: Any) -> Any:
     if hint is float and ok and value != value:
         raise ConfigError(f"{where}: NaN is not a valid value")
     if not ok:
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}"
+                          f"{spelling(where.strip('`'), value, hint)}")
     return value
+
+
+SPELLING_EXAMPLES = {"competition.class_folders": "{REAL: 0, FAKE: 1}", "data.normalize_encoding":
+                     "{format: jpeg, quality: 90}", "train.folds": "[0, 1]"}
+
+
+def _as_override(key: str, text: str) -> str:
+    """The command-line spelling of `key: text`, quoted for the shell when it has spaces or braces."""
+    return f"'{key}={text}'" if " " in text or "{" in text else f"{key}={text}"
+
+
+def spelling(key: str, value: Any, hint: type) -> str:
+    """"; write ..." - how a value of this type is spelled, in YAML and as an override, with an example (made from
+    what was typed when it can be)."""
+    items = [v.strip() for v in value.strip("[]() ").split(",")] if isinstance(value, str) and "," in value else []
+    if hint is list:
+        example = f"[{', '.join(items)}]" if items else SPELLING_EXAMPLES.get(key, "[0, 1]")
+        also = f" (or the option --folds {','.join(items) or '0,1'})" if key == "train.folds" else ""
+        return (f"; a list is written in brackets: `{key}: {example}` in YAML, "
+                f"{_as_override(key, example.replace(' ', ''))} on the command line{also}")
+    if hint is dict:
+        example = SPELLING_EXAMPLES.get(key, "{name: value}")
+        return (f"; a mapping is written in braces: `{key}: {example}` in YAML, {_as_override(key, example)} on "
+                f"the command line ({{}} for none)")
+    if hint is bool:
+        word = {"yes": "true", "y": "true", "on": "true", "1": "true", "no": "false", "n": "false", "off": "false",
+                "0": "false"}.get(str(value).strip().lower(), "true")
+        return f"; write true or false, unquoted: `{key}: {word}` ({key}={word})"
+    if hint is int:
+        example = round(value) if isinstance(value, float) and value == value and abs(value) != float("inf") else 3
+        unquote = " without quotes" if isinstance(value, str) and value.strip().lstrip("+-").isdigit() else ""
+        example = int(value) if unquote else example
+        return f"; write a whole number{unquote}, e.g. `{key}: {example}` ({key}={example})"
+    if hint is float:
+        unquote = " without quotes" if isinstance(value, str) and _is_number(value) else ""
+        example = value.strip() if unquote else "0.001"
+        return f"; write a number{unquote}, e.g. `{key}: {example}` ({key}={example}; 1e-3 works too)"
+    if hint is str:
+        return f"; write text, quoted when it would read as a number or true/false: `{key}: \"{value}\"`"
+    return ""
+
+
+def _is_number(text: str) -> bool:
+    """Whether text parses as a float."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_range(where: str, value: float, bound: Range) -> None:
@@ -622,8 +761,43 @@ def validate(cfg: Config, where: str, project: Project, check_model: bool = True
         raise ConfigError(f"{locate(err, origins or {}, where)}: {err}") from None
 
 
+PATH_KEYS = (("competition", "data_dir"), ("competition", "train_csv"), ("competition", "test_csv"),
+             ("competition", "sample_submission"), ("competition", "test_folder"), ("model", "weights_dir"),
+             ("model", "pretrained_file"), ("data", "cache_dir"))  # keys holding a local path
+KAGGLE_URL = re.compile(r"kaggle\.com/(?:competitions|c)/([A-Za-z0-9_-]+)", re.IGNORECASE)
+
+
+def refuse_urls(cfg: Config) -> None:
+    """Refuse a URL in any path-valued key (PATH_KEYS), saying how to get the files onto disk."""
+    from competition.paths import UrlError, refuse_url
+
+    for section, key in PATH_KEYS:
+        value = getattr(getattr(cfg, section), key)
+        try:
+            refuse_url(value, f"`{section}.{key}`")
+        except UrlError:
+            raise refuse(f"`{section}.{key}: {value.strip()}` is a URL; the kit reads local files only: "
+                         f"{_download_fix(cfg, section, key, value)}", f"{section}.{key}") from None
+
+
+def _download_fix(cfg: Config, section: str, key: str, url: str) -> str:
+    """How to bring a URL-valued path key's files onto disk."""
+    if section == "competition":
+        found = KAGGLE_URL.search(url)
+        slug = found.group(1) if found else (cfg.competition.slug or cfg.competition.name)
+        where = "competition.data_dir to that folder" if key == "data_dir" else (
+            f"competition.data_dir to that folder and competition.{key} to the file's name inside it")
+        return (f"download the competition with `kaggle competitions download -c {slug}`, unzip it "
+                f"(`unzip {slug}.zip -d data/{slug}`) and set {where}")
+    if key == "cache_dir":
+        return "give a local folder for the caches, e.g. `data.cache_dir: .cache`"
+    return (f"download the file(s) (wget, curl, huggingface-cli download) and set `{section}.{key}` to the local "
+            f"path")
+
+
 def _validate_fields(cfg: Config) -> None:
     """The checks that need neither timm's model list nor the weight files."""
+    refuse_urls(cfg)
     try:
         check_name(cfg.competition.name, "competition.name")
     except ConfigError as err:
@@ -707,6 +881,56 @@ def _validate_model(model: ModelConfig, project: Project) -> None:
         raise refuse(f"weights file `model.pretrained_file: {model.pretrained_file}` not found (looked at "
                      f"{project.resolve(model.pretrained_file)}); fix the path or set model.pretrained=false",
                      "model.pretrained_file")
+    if model.pretrained and not model.pretrained_file:
+        _check_weights_reachable(model, project)
+
+
+def listed_models(index: Path) -> list[dict]:
+    """The entries of a weights_dir's models.json ([] when the file is missing or unreadable)."""
+    try:
+        return list(json.loads(index.read_text()).get("models", []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether huggingface.co:443 accepts a connection within `timeout` seconds (probed once per process)."""
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_cached(name: str) -> bool:
+    """Whether timm's hub weights for `name` already sit in the Hugging Face cache (usable offline)."""
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+        from timm.models import get_pretrained_cfg
+    except ImportError:
+        return False
+    pcfg = get_pretrained_cfg(name)
+    hub_id = getattr(pcfg, "hf_hub_id", None) if pcfg is not None else None
+    return bool(hub_id) and (Path(HF_HUB_CACHE) / f"models--{hub_id.replace('/', '--')}").is_dir()
+
+
+def _check_weights_reachable(model: ModelConfig, project: Project) -> None:
+    """Refuse pretrained weights that are neither listed in weights_dir/models.json, nor cached, nor reachable on
+    the hub (HF_HUB_OFFLINE set, or huggingface.co unreachable), before any experiment folder is created."""
+    index = project.resolve(model.weights_dir) / "models.json"
+    entries = listed_models(index)
+    if any(e.get("timm_model") == model.name for e in entries) or _hub_cached(model.name):
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if not offline and hub_reachable():
+        return
+    names = ", ".join(sorted(str(e.get("timm_model")) for e in entries)) or "none"
+    where = f"{index} lists: {names}" if index.is_file() else f"{index} does not exist (fix model.weights_dir)"
+    why = "HF_HUB_OFFLINE is set" if offline else "huggingface.co is unreachable"
+    raise refuse(f"no weights for `model.name: {model.name}`: not in models.json ({where}) and {why} - set "
+                 f"model.pretrained=false, model.pretrained_file=<local .safetensors/.pth>, or a model listed there",
+                 "model.name")
 
 
 def _validate_input_size(cfg: Config) -> None:
@@ -739,7 +963,7 @@ def resolve_config(name_or_path: str | Path = "", overrides: list[str] | None = 
     project = project or Project.from_env()
     data: dict = {}
     origins: Origins = {}
-    if project.competition_file.is_file():
+    if project.competition_yaml():  # a KIT_HOME project without one is refused here, naming the file
         data, origins = _read_yaml(project.competition_file, (), COMPETITION_EXAMPLE)
     name, where = "", str(project.competition_file)
     if name_or_path:
@@ -773,6 +997,9 @@ def load_saved_config(path: Path) -> Config:
     Read leniently (it was written by the kit, maybe an older one): keys the kit added after the run read as
     their defaults; keys it no longer knows are dropped with one warning each."""
     if not path.is_file():
+        if not path.parent.is_dir() and path.name == "config.yaml" and not any(
+                (path.parent.parent / f"{path.parent.name}{s}").is_file() for s in EXPERIMENT_SUFFIXES):
+            raise missing_experiment(path.parent.name, path.parent.parent)
         raise ConfigError(f"{path} not found - run the experiment first")
     try:  # written by yaml.safe_dump (quoting for YAML 1.1), so read back by YAML 1.1's rules: exact, also for old runs
         data = yaml.safe_load(path.read_text())

@@ -177,10 +177,11 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
                         help="an experiment (else the defaults with competition.yaml) and overrides")
     parser.add_argument("--markdown", action="store_true", help="the reference of every key and its default")
     parser.add_argument("--write", action="store_true", help=f"with --markdown: write it to {DOCS_FILE}")
-    args = parser.parse_args(argv)
-    project = project or Project.from_env()
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the options
 
     def body() -> int:
+        nonlocal project
+        project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
         if args.markdown or args.write:
             text = render_markdown(keys(Config()))
             if args.write:

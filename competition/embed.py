@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from competition.config import Config, ModelConfig
+from competition.config import Config, ModelConfig, listed_models
 from competition.decode import BadImageError, decode_image
 from competition.errors import ConfigError
 from competition.grouping import stat_key
@@ -49,12 +49,23 @@ class _Resized(Dataset):
         return torch.from_numpy(array.copy()).permute(2, 0, 1), ok
 
 
+def missing_weights(name: str, index: Path, file: Path | None) -> str:
+    """Why folds.embed_model has no local weights, naming the key to set (model.weights_dir or folds.embed_model)."""
+    if not index.is_file():
+        return (f"folds.embed_model {name!r}: {index} does not exist - set model.weights_dir to the folder holding "
+                f"models.json and its weight files")
+    if file is not None:
+        return (f"folds.embed_model {name!r}: {index} lists {file.name}, which is missing - restore it, or set "
+                f"folds.embed_model to another model listed there")
+    listed = ", ".join(sorted(str(e.get("timm_model")) for e in listed_models(index))) or "none"
+    return f"folds.embed_model {name!r} is not in {index} - set folds.embed_model to one listed there: {listed}"
+
+
 def build_embedder(name: str, project: Project, weights_dir: str = "../shared/weights") -> tuple[torch.nn.Module, tuple, tuple]:
     """(headless backbone in eval mode, mean, std) for a timm model with local ImageNet weights."""
     file, entry = local_weights(ModelConfig(name=name, weights_dir=weights_dir), project)
     if file is None or not file.is_file():
-        raise ConfigError(f"folds.embed_model {name!r}: no local weights in {project.resolve(weights_dir)}/models.json "
-                          f"- pick one of the models listed there")
+        raise ConfigError(missing_weights(name, project.resolve(weights_dir) / "models.json", file))
     model = backbone_from_file(name, file, entry, {"num_classes": 0, **entry.get("create_model_kwargs", {})})
     cfg = timm.data.resolve_data_config({}, model=model)
     return model.eval(), tuple(cfg["mean"]), tuple(cfg["std"])

@@ -11,7 +11,11 @@ method inside the nested CV (on the inner folds), so its score pays for the choi
 The fitted blend is saved in the sidecar and is what `predict` and `serve` load.
 
 Members must come from one competition, one training set (inputs.json fingerprint, OOF ids, labels and folds)
-and one metric; anything else is refused. submissions/<name>.csv is overwritten only by a re-blend with the
+and one metric, and from the competition's CURRENT train.csv and folds file (a member made before labels were
+corrected, rows added or removed, or the folds changed is refused: rerun it with --restart); anything else is
+refused, as are a member that is a blend (blend its members) and one whose outputs are missing (named, with the
+command that makes them). --name is a plain name: the kit's own .csv/.json/.oof.csv and a submissions/ prefix
+are stripped (logged); other folders are refused. submissions/<name>.csv is overwritten only by a re-blend with the
 same settings (members, method, metric, calibration, values, data); otherwise pass another --name or --force.
 The submission is refused when it carries no information (competition.submission.check_information).
 """
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import difflib
+import os
 import logging
 import subprocess
 import sys
@@ -32,13 +38,13 @@ from competition import cli, options
 from competition.atomic import write_csv, write_json
 from competition.config import CompetitionConfig, is_override, load_config
 from competition.errors import KitError
-from competition.leaderboard import (SCOPE_FIELDS, experiment_scope, member_state, read_json, scope_title,
-                                     write_leaderboard)
+from competition.leaderboard import (SCOPE_FIELDS, DataCheck, data_problem, experiment_scope, member_state,
+                                     missing_outputs, read_json, scope_title, write_leaderboard)
 from competition.blend import Blend, auto_methods, choose, describe_methods, method_names, nested_auto, nested_cv
 from competition.metrics import (THRESHOLD_METRICS, best_threshold, get_metric, positive_rates, score, score_note,
                                  warn_positive_rates)
 from competition.paths import experiment_arg
-from competition.project import Project
+from competition.project import Project, typed_folder
 from competition.submission import Evidence, SubmissionError, build_submission, write_submission
 
 log = logging.getLogger(__name__)
@@ -130,6 +136,63 @@ def check_same_scope(project: Project, names: list[str], comp: CompetitionConfig
         raise EnsembleError(f"{names[0]} was trained on competition `{known}`, but competition.yaml is `{comp.name}` - "
                             f"blend with the competition.yaml it was trained with (or competition.name={known})")
     return {**first, **{k: next((s[k] for s in scopes.values() if s[k]), "") for k in SCOPE_FIELDS}}
+
+
+KIT_SUFFIXES = (".oof.csv", ".csv", ".json")  # what the kit adds to a blend's name: never doubled
+
+
+def blend_name(text: str, project: Project) -> str:
+    """--name as a plain submission name: a leading ./ or submissions/ (or that folder's full path) and the kit's own
+    extensions (.csv, .json, .oof.csv, any case) are stripped, saying so; any other folder is refused."""
+    folder, _, name = text.strip().replace("\\", "/").rpartition("/")
+    if folder and os.path.normpath(folder) not in (".", project.submissions.name) and not any(
+            (base / folder).resolve() == project.submissions.resolve() for base in (typed_folder(), project.root)):
+        raise EnsembleError(f"--name {text}: blends are always written to {project.submissions.name}/ - pass a plain "
+                            f"name, e.g. --name {name or 'myblend'}")
+    while (suffix := next((x for x in KIT_SUFFIXES if name.lower().endswith(x) and len(name) > len(x)), "")):
+        name = name[: -len(suffix)]
+    if not name or name.lower().endswith(".oof"):
+        raise EnsembleError(f"--name {text}: {'empty' if not name else 'a name ending in .oof is the OOF file of another blend'}"
+                            f" - pass a plain name, e.g. --name myblend")
+    if name != text:
+        log.info("--name %s: writing %s/%s.csv (+ .json, .oof.csv): the kit adds its extensions and folder itself",
+                 text, project.submissions.name, name)
+    return name
+
+
+def check_member(project: Project, name: str) -> None:
+    """Refuse a member that is a blend (submissions/<name>), an unknown name (suggesting close experiment names,
+    case-insensitively) or an experiment whose outputs are missing (naming the files and the command)."""
+    if not project.experiment_dir(name).is_dir():
+        side = project.submissions / f"{name}.json"
+        if side.is_file() or project.submission_file(name).is_file():
+            saved = read_json(side) if side.is_file() else None
+            members = saved.get("members") if saved and isinstance(saved.get("members"), list) else []
+            instead = f": `./run.sh ensemble {' '.join(members)} ...`" if members else ""
+            raise EnsembleError(f"{name} is a blend in {project.submissions.name}/ ({name}.csv), not an experiment: "
+                                f"blends cannot be members - blend its members instead{instead}")
+        if (project.experiments / f"{name}.yaml").is_file():
+            raise EnsembleError(f"experiment {name} has not run yet (no {project.experiments.name}/{name}/) - run "
+                                f"`./run.sh {name}` first")
+        known = sorted({p.name for p in project.experiments.iterdir() if p.is_dir()} |
+                       {p.stem for p in project.experiments.glob("*.yaml")}) if project.experiments.is_dir() else []
+        close = [k for k in known if k.lower() == name.lower()] or difflib.get_close_matches(name, known, 3, 0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else f" - experiments: {', '.join(known[:8]) or 'none'}"
+        raise EnsembleError(f"no experiment {name} (no {project.experiments.name}/{name}/ or {name}.yaml){hint}")
+    missing = missing_outputs(project.experiments, name)
+    if missing:
+        raise EnsembleError(f"member {name}: {missing}")
+
+
+def check_current_data(project: Project, names: list[str], comp: CompetitionConfig) -> None:
+    """Refuse a member made from other training data than the competition's current train table and folds."""
+    check = DataCheck(project, comp)
+    for name in names:
+        stale = data_problem(check, project.experiments, name)
+        if stale:
+            raise EnsembleError(f"member {name} is {stale}, then blend again")
+    if check.problem:
+        log.warning("members' training data not compared with the competition's current data: %s", check.problem)
 
 
 def load_members(project: Project, names: list[str], metric: str) -> Members:
@@ -261,6 +324,9 @@ def blend_evidence(project: Project, names: list[str], oof_rate: float) -> Evide
 def blend_experiments(project: Project, names: list[str], method: str, comp: CompetitionConfig, name: str = "",
                       calibrate: str = "auto", force: bool = False) -> dict:
     """Blend, score, write submissions/<name>.csv + .json (with the fitted blend), refresh the leaderboard."""
+    for member in names:
+        check_member(project, member)
+    check_current_data(project, names, comp)
     members = load_members(project, names, comp.metric)
     shared = check_same_scope(project, names, comp)
     if shared["metric"] and shared["metric"] != comp.metric:
@@ -336,14 +402,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point."""
     args = build_parser().parse_args(argv)
-    project = project or Project.from_env()
     names = [e for e in args.experiments if not is_override(e)]
     overrides = [e for e in args.experiments if is_override(e)]
 
     def body() -> int:
+        nonlocal project
+        project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
         comp = load_config("", overrides, project, check_model=False).competition
         members = [experiment_arg(n, project) for n in names]  # a name, or experiments/<name>.yaml typed from anywhere
-        blend_experiments(project, members, args.method, comp, args.name, args.calibrate, args.force)
+        name = blend_name(args.name, project) if args.name else ""
+        blend_experiments(project, members, args.method, comp, name, args.calibrate, args.force)
         return 0
 
     return cli.run(body)

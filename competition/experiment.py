@@ -250,10 +250,11 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
                         help="where this process trains (overrides train.device): cpu, cuda:1")
     parser.add_argument("--no-assemble", action="store_true", help="train the folds only; `assemble` gathers them later")
     parser.add_argument("--assemble", action="store_true", help="only gather finished folds (refused while one is missing)")
-    args = parser.parse_args(argv)
-    project = project or Project.from_env()
+    args = parser.parse_intermixed_args(argv)  # `t1 --folds 0 train.epochs=2`: overrides may follow the options
 
     def body() -> int:
+        nonlocal project
+        project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
         bad = [o for o in args.overrides if not is_override(o)]
         if bad:
             raise override_error(bad[0])

@@ -4,8 +4,9 @@
 
 The last convolutional stage is picked automatically: timm's `forward_features` returns it as a
 (B, C, h, w) map; the gradient of the AI logit with respect to that map weights its channels.
-Heatmaps are averaged over the experiment's fold models. Models whose features are not a spatial
-map (e.g. vision transformers' tokens) are refused with a clear message.
+Heatmaps are averaged over the experiment's fold models (centre crop); the probability printed is the one
+`predict` gives (every fold, TTA). Models whose features are not a spatial map (e.g. vision transformers'
+tokens) are refused with a clear message. A typed table, config, archive or checkpoint is refused as not an image.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from competition.augment import to_tensor
 from competition.config import Config
 from competition.decode import BadImageError, decode_image
 from competition.errors import KitError
-from competition.inference import ALLOW_INCOMPLETE_HELP, eval_dataset, load_experiment
+from competition.inference import ALLOW_INCOMPLETE_HELP, eval_dataset, load_experiment, predict_experiment
 from competition.model import Detector, pick_device
 from competition.outputs import check_folder, claim, distinct_names
-from competition.paths import experiment_arg, output_path, user_path
+from competition.paths import experiment_arg, output_path, refuse_non_image, user_path
 from competition.project import Project
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,13 @@ def explain_file(models: list[Detector], cfg: Config, path: str, target: Path, p
     return float(prob[0])
 
 
+def typed_image(text: str, project: Project) -> Path:
+    """An image file typed on the command line; a table, config, archive or checkpoint is refused with the fix."""
+    path = user_path(text, project, "image", kind="file")
+    refuse_non_image(text, path, "explain")
+    return path
+
+
 def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point."""
     parser = cli.parser(__doc__, device=True)
@@ -97,24 +105,28 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="replace overlay files explain did not write")
     parser.add_argument("--allow-incomplete", action="store_true", help=ALLOW_INCOMPLETE_HELP)
     args = parser.parse_args(argv)
-    project = project or Project.from_env()
 
     def body() -> int:
+        nonlocal project
+        project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
         name = experiment_arg(args.experiment, project)
-        images = [str(user_path(p, project, "image", kind="file")) for p in args.images]
+        images = [str(typed_image(p, project)) for p in args.images]
         own = project.experiment_dir(name) / "gradcam"
         out = check_folder(project, output_path(args.out, "--out"), "explain", own) if args.out else own
         exp = load_experiment(project, name, pick_device(args.device), args.allow_incomplete)
+        probs = predict_experiment(exp, images, pick_device(args.device))[0]  # the number `predict` prints
         models = [m.to(memory_format=torch.contiguous_format) for m in exp.models]
         failed = 0
-        for path, target in zip(images, (out / n for n in distinct_names(images, "_gradcam.png"))):
+        for path, prob, target in zip(images, probs, (out / n for n in distinct_names(images, "_gradcam.png"))):
             try:
-                prob = explain_file(models, exp.cfg, path, target, project, args.force, own)
+                explain_file(models, exp.cfg, path, target, project, args.force, own)
             except BadImageError as err:
                 log.error("%s: cannot decode (%s), skipped", path, err)
                 failed += 1
                 continue
             print(f"{path}\t{prob:.4f}\t{target}")  # noqa: T201
+        log.info("probabilities are predict's (every fold, TTA, threshold %.3f); heatmaps are of the centre crop",
+                 exp.threshold)
         return 2 if failed == len(args.images) else 0
 
     return cli.run(body)

@@ -171,9 +171,10 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("--opset", type=options.number(int, ge=9, le=23), default=OPSET,
                         help=f"ONNX opset (default {OPSET})")
     args = parser.parse_args(argv)
-    project = project or Project.from_env()
 
     def body() -> int:
+        nonlocal project
+        project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
         args.experiment = experiment_arg(args.experiment, project)  # a name, or its YAML typed from anywhere
         info = export_experiment(project, args.experiment, args.fp16, args.opset, args.allow_incomplete)
         log.info("exported %d file(s) to %s; predict with: ./run.sh predict %s PATH --onnx", len(info["files"]),

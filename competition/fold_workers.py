@@ -8,6 +8,7 @@ training on for hours: the run exits non-zero naming the failed worker, and reru
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import subprocess
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from competition.config import ConfigError
 from competition.errors import KitError
+from competition.options import check_devices
 from competition.project import Project
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,10 @@ class Worker:
 def device_plan(devices: str, folds: list[int]) -> list[tuple[str, list[int]]]:
     """`0,1` or `cuda:0,cuda:1` or `cpu,cpu` -> [(device, folds)], one entry per listed device (a device may
     be listed twice), folds dealt round-robin; devices left without a fold are dropped."""
-    names = [f"cuda:{d}" if d.isdigit() else d for d in (d.strip() for d in devices.split(",")) if d]
+    try:
+        names = check_devices(devices)  # counted again at plan time: the option may come from a config or a caller
+    except argparse.ArgumentTypeError as err:
+        raise ConfigError(str(err)) from None
     plan = [(name, folds[i::len(names)]) for i, name in enumerate(names)]
     return [(name, ks) for name, ks in plan if ks]
 

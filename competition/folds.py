@@ -191,9 +191,10 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. folds.n_splits=10")
     parser.add_argument("--force", action="store_true", help="rebuild even if the folds file exists")
     args = parser.parse_args(argv)
-    project = project or Project.from_env()
 
     def body() -> int:
+        nonlocal project
+        project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
         cfg = load_config("", args.overrides, project, check_model=False)
         train = load_train_table(cfg.competition, project, cfg.folds.group_column)
         if args.force:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from competition.allocator import trim
 from competition.augment import build_eval_transform, tta_views
-from competition.config import Config, ConfigError, load_saved_config
+from competition.config import Config, ConfigError, load_saved_config, require_experiment
 from competition.dataset import ImageDataset, make_loader
 from competition.image_cache import ImageCache
 from competition.distributed import SINGLE, Dist, gather_errors, gather_rows
@@ -139,6 +139,7 @@ def load_experiment(project: Project, name: str, device: torch.device, allow_inc
     out = project.experiment_dir(name)
     checkpoints = sorted(out.glob("fold*/best.pt"))
     if not checkpoints or not (out / "config.yaml").is_file():
+        require_experiment(name, project)  # a name with neither outputs nor a YAML: say which names exist
         raise ConfigError(f"{out}: no fold*/best.pt - run `./run.sh {name}` first")
     cfg = load_saved_config(out / "config.yaml")
     check_finished(out, cfg, name, allow_incomplete)
@@ -258,6 +259,7 @@ def onnx_file(project: Project, name: str, fp16: bool = False) -> Path:
     """experiments/<name>/export/model[.fp16].onnx, written by `./run.sh export` (refused with the fix otherwise)."""
     path = project.experiment_dir(name) / "export" / ("model.fp16.onnx" if fp16 else "model.onnx")
     if not path.is_file():
+        require_experiment(name, project)  # a name with neither outputs nor a YAML: say which names exist
         raise ConfigError(f"{path} not found - run `./run.sh export {name}{' --fp16' if fp16 else ''}` first")
     return path
 

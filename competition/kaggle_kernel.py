@@ -360,9 +360,10 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("--allow-dirty", action="store_true", help="push: bundle uncommitted code (recorded)")
     parser.add_argument("--replace", action="store_true", help="pull: replace a local run of the same experiment")
     args = parser.parse_args(argv)
-    project = project or Project.from_env()
 
     def body() -> int:
+        nonlocal project
+        project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
         args.experiment = experiment_arg(args.experiment, project)  # a name, or its YAML typed from anywhere
         if args.action == "push":
             freeze = user_path(args.target_freeze, project, "--target-freeze", kind="file") if args.target_freeze else None

@@ -18,12 +18,17 @@ import math
 import sys
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from competition import cli
 from competition.atomic import write_text
+from competition.config import CompetitionConfig, load_config, load_saved_config
+from competition.errors import KitError
 from competition.metrics import THRESHOLD_METRICS, greater_is_better
 from competition.project import Project
+from competition.run_folder import fold_done, inputs_fingerprint
+from competition.tables import load_train_table
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +97,117 @@ def member_state(out: Path) -> dict:
     return {"train": inputs.get("train", ""), "test": inputs.get("test", ""), "oof": file_digest(out / "oof.csv")}
 
 
-def member_problem(experiments: Path, name: str, saved: dict | None) -> str:
-    """Why a blend member no longer is what the blend was made from ('' when it still is)."""
+MEMBER_FILES = ("metrics.json", "oof.csv", "test.csv")  # what a blend reads of each member
+
+
+def missing_outputs(experiments: Path, name: str) -> str:
+    """Which of an experiment's outputs a blend needs are missing, and the command that makes them ('' if none)."""
     out = experiments / name
-    if not (out / "metrics.json").is_file() or not (out / "oof.csv").is_file():
-        return f"member {name} is gone"
+    if not out.is_dir():
+        return f"{experiments.name}/{name}/ was deleted - run `./run.sh {name}` again (or blend without it)"
+    missing = [f"{experiments.name}/{name}/{f}" for f in MEMBER_FILES if not (out / f).is_file()]
+    if not missing:
+        return ""
+    folds = [p for p in out.glob("fold*") if p.is_dir()]
+    fix = (f"`./run.sh assemble {name}` rebuilds {'it' if len(missing) == 1 else 'them'} from its finished folds"
+           if folds and all(fold_done(p) for p in folds) else f"run `./run.sh {name}` to finish it")
+    return f"{', '.join(missing)} missing - {fix}"
+
+
+STALE = "stale: training data changed since"  # how the leaderboard marks results made from other data
+
+
+class DataCheck:
+    """The competition's current training rows (competition.yaml's train table, and each folds file), read once and
+    cheaply (no image decoded), to tell whether an experiment's recorded inputs are still the current data."""
+
+    def __init__(self, project: Project, comp: CompetitionConfig | None = None):
+        self.project, self.comp, self.problem = project, comp, ""
+        self._train: pd.DataFrame | None = None
+        self._folds: dict[Path, pd.DataFrame | None] = {}
+
+    def train(self) -> pd.DataFrame | None:
+        """Current training rows (id, label), or None with `problem` set when the data cannot be read."""
+        if self._train is None and not self.problem:
+            try:
+                comp = self.comp or load_config("", [], self.project, check_model=False).competition
+                self._train = load_train_table(comp, self.project)[["id", "label"]]
+            except (KitError, OSError, ValueError) as err:
+                self.problem = f"data not checked ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        return self._train
+
+    def folds(self, out: Path) -> tuple[Path | None, pd.DataFrame | None]:
+        """The folds file an experiment's saved config names, and its (id, fold) rows (None when absent)."""
+        try:
+            path = self.project.folds_file(load_saved_config(out / "config.yaml"))
+        except KitError:
+            return None, None
+        if path not in self._folds:
+            try:
+                frame = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+                keep = [c for c in ("id", "fold", "label") if c in frame.columns]
+                self._folds[path] = frame[keep] if {"id", "fold"} <= set(keep) else None
+            except (OSError, ValueError):
+                self._folds[path] = None
+        return path, self._folds[path]
+
+    def change(self, out: Path) -> str:
+        """What changed in the competition's training data since experiments/<exp>/ was made (labels of N rows,
+        rows added or removed, folds), '' when nothing did or it cannot be told (no inputs.json: an older run)."""
+        inputs = read_json(out / "inputs.json") if (out / "inputs.json").is_file() else None
+        train = self.train()
+        if not inputs or not inputs.get("train") or train is None:
+            return ""
+        path, folds = self.folds(out)
+        if folds is not None:
+            now = train.merge(folds[["id", "fold"]], on="id", how="left")
+            if inputs_fingerprint(now, pd.DataFrame({"id": []}))["train"] == inputs["train"]:
+                return ""
+        try:
+            oof = pd.read_csv(out / "oof.csv", dtype={"id": str}, keep_default_na=False)[["id", "fold", "target"]]
+        except (OSError, ValueError, KeyError):
+            return "training rows/labels/folds (inputs.json fingerprint differs)" if folds is not None else ""
+        return describe_change(oof, train, folds, path) or (
+            "training rows/labels/folds (inputs.json fingerprint differs)" if folds is not None else "")
+
+
+def describe_change(oof: pd.DataFrame, train: pd.DataFrame, folds: pd.DataFrame | None, path: Path | None) -> str:
+    """How current training rows (and folds file) differ from the rows an OOF was made on ('' when they do not)."""
+    then, now = set(oof["id"]), set(train["id"])
+    unrun = set(folds.loc[~folds["fold"].isin(set(oof["fold"])), "id"]) if folds is not None else set()
+    removed, added = len(then - now), len(now - then - unrun)  # rows of folds a partial run skipped are not new
+    parts = [f"rows {' and '.join(f'{n} {w}' for n, w in ((added, 'added'), (removed, 'removed')) if n)}"] if removed or added else []
+    both = oof.merge(train, on="id")
+    labels = int((both["target"].astype(int) != both["label"].astype(int)).sum())
+    parts += [f"labels of {labels} row(s)"] if labels else []
+    if folds is not None:
+        refold = oof.merge(folds[["id", "fold"]], on="id", suffixes=("", "_now"))
+        moved = int((refold["fold"].astype(str) != refold["fold_now"].astype(str)).sum())
+        parts += [f"folds of {moved} row(s) in {path.name}"] if moved else []
+    return "; ".join(parts)
+
+
+def data_problem(check: DataCheck, experiments: Path, name: str) -> str:
+    """'stale: training data changed since (...)' for an experiment made from other data, else ''."""
+    change = check.change(experiments / name)
+    if not change:
+        return ""
+    path, folds = check.folds(experiments / name)
+    old = folds is not None and "label" in folds.columns and describe_change(
+        folds.rename(columns={"label": "target"}), check.train(), None, None)
+    first = f"delete {path.parent.name}/{path.name} (made from the old train.csv), then " if old else ""
+    return f"{STALE} ({change}) - {first}rerun `./run.sh {name} --restart`"
+
+
+def member_problem(experiments: Path, name: str, saved: dict | None, check: DataCheck | None = None) -> str:
+    """Why a blend member no longer is what the blend was made from, or is made from other data ('' when neither)."""
+    out = experiments / name
+    missing = missing_outputs(experiments, name)
+    if missing:
+        return f"member {name} {'is gone: ' if not out.is_dir() else ''}{missing}"
+    stale = data_problem(check, experiments, name) if check is not None else ""
+    if stale:
+        return f"member {name} {stale}"
     if not saved:
         return ""
     now = member_state(out)
@@ -107,8 +218,9 @@ def member_problem(experiments: Path, name: str, saved: dict | None) -> str:
     return ""
 
 
-def load_metrics(directory: Path) -> list[dict]:
-    """metrics.json of every experiment folder that has a complete one (others are logged and skipped)."""
+def load_metrics(directory: Path, check: DataCheck | None = None) -> list[dict]:
+    """metrics.json of every experiment folder that has a complete one (others are logged and skipped); with a
+    check, `stale` says how the competition's training data changed since each was made."""
     out = []
     for path in sorted(directory.glob("*/metrics.json")):
         data = read_json(path)
@@ -122,6 +234,7 @@ def load_metrics(directory: Path) -> list[dict]:
             log.warning("%s: not on the leaderboard, missing %s", path, ", ".join(missing))
             continue
         data["scope"] = experiment_scope(path.parent, data)
+        data["stale"] = data_problem(check, directory, path.parent.name) if check is not None else ""
         out.append(data)
     return out
 
@@ -135,7 +248,7 @@ def blend_scope(sidecar: dict, experiments: Path) -> dict:
     return {**scope, "metric": sidecar.get("metric", scope.get("metric", ""))}
 
 
-def load_blends(directory: Path, experiments: Path | None = None) -> list[dict]:
+def load_blends(directory: Path, experiments: Path | None = None, check: DataCheck | None = None) -> list[dict]:
     """Sidecars of every blend written by competition.ensemble, with their scope and why any is stale."""
     experiments = experiments if experiments is not None else directory.parent / "experiments"
     out = []
@@ -144,7 +257,7 @@ def load_blends(directory: Path, experiments: Path | None = None) -> list[dict]:
         if data is None or not isinstance(data.get("members"), list):
             continue
         states = data.get("member_inputs") or {}
-        stale = [p for p in (member_problem(experiments, m, states.get(m)) for m in data["members"]) if p]
+        stale = [p for p in (member_problem(experiments, m, states.get(m), check) for m in data["members"]) if p]
         out.append({**data, "file": path.with_suffix(".csv").name, "nested_mean": (data.get("nested") or {}).get("mean"),
                     "scope": blend_scope(data, experiments), "stale": stale})
     return out
@@ -178,11 +291,12 @@ INTRO = ("Experiments ranked by out-of-fold score (regenerated after every run).
          "trained with whole content clusters held out (`./run.sh expNNN --ood`), a proxy for unseen content. "
          "One section per competition, training data (fingerprint of the training ids, labels and folds, from "
          "experiments/<exp>/inputs.json) and metric: scores on other data or by another metric are never ranked "
-         "together.")
+         "together. An experiment made from other training data than the competition's current train.csv and folds "
+         "is marked `stale: training data changed since` and listed below the ranked ones.")
 BLEND_INTRO = ("Ranked by nested fold mean: weights, calibration and threshold fitted on K-1 folds' OOF, scored on the "
                "held-out fold (compare with the experiments' fold mean ± std, computed the same way); `auto` chooses its "
                "method inside that CV. Pooled: the held-out folds scored together. In-sample: fitted and scored on all "
-               "OOF (flatters). A blend whose member is gone or was rerun is listed, not ranked.")
+               "OOF (flatters). A blend whose member is gone, was rerun or is stale is listed, not ranked.")
 
 
 def experiment_table(experiments: list[dict]) -> list[str]:
@@ -190,15 +304,17 @@ def experiment_table(experiments: list[dict]) -> list[str]:
     lines = ["| rank | experiment | metric | OOF score | fold mean ± std | OOD score | OOF AUC | backbone | img size | "
              "augment | epochs (run) | TTA gain | wall min | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for i, m in enumerate(_rank(experiments, "oof_score"), 1):
+    ranked = _rank([m for m in experiments if not m.get("stale")], "oof_score")
+    for i, m in enumerate(ranked + [m for m in experiments if m.get("stale")], 1):
         size = f"{m['img_size']}" + (f" x{m['input_upscale']}" if m.get("input_upscale", 1) > 1 else "")
-        note = [] if m.get("complete", True) else [f"partial: folds {m['folds_run']}"]
+        note = [m["stale"]] if m.get("stale") else []
+        note += [] if m.get("complete", True) else [f"partial: folds {m['folds_run']}"]
         if m.get("bad_train_images") or m.get("bad_test_images"):
             note.append(f"bad images: {m.get('bad_train_images', 0)} train / {m.get('bad_test_images', 0)} test")
         if m.get("description"):
             note.append(m["description"])
         lines.append(
-            f"| {i} | {m['experiment']} | {_metric_label(m)} | {_fmt(m['oof_score'])} | "
+            f"| {'-' if m.get('stale') else i} | {m['experiment']} | {_metric_label(m)} | {_fmt(m['oof_score'])} | "
             f"{_fmt(m['fold_mean'])} ± {_fmt(m['fold_std'])} | {_fmt(m.get('ood_score'))} | {_fmt(m['oof']['auc'])} | "
             f"{m['model']} | {size} | "
             f"{m.get('augment', '')} | {m['epochs']} ({'/'.join(map(str, m.get('epochs_run', [])))}) | "
@@ -234,9 +350,9 @@ def sections(experiments: list[dict], blends: list[dict]) -> list[tuple[dict, li
     return [groups[k] for k in sorted(groups, key=lambda k: (-len(groups[k][1]), k))]
 
 
-def render(experiments: list[dict], blends: list[dict]) -> str:
+def render(experiments: list[dict], blends: list[dict], data_note: str = "") -> str:
     """The leaderboard as markdown: one section per scope (competition, training data, metric)."""
-    lines = ["# Leaderboard", "", INTRO]
+    lines = ["# Leaderboard", "", INTRO] + (["", f"Training data: {data_note}."] if data_note else [])
     for scope, exps, mixes in sections(experiments, blends):
         lines += ["", f"## {scope_title(scope)}", ""]
         lines += experiment_table(exps) if exps else ["No finished experiment in this section."]
@@ -247,8 +363,9 @@ def render(experiments: list[dict], blends: list[dict]) -> str:
 
 def write_leaderboard(project: Project) -> Path:
     """Regenerate the leaderboard file from disk."""
-    path = project.leaderboard
-    write_text(path, render(load_metrics(project.experiments), load_blends(project.submissions, project.experiments)))
+    path, check = project.leaderboard, DataCheck(project)
+    experiments = load_metrics(project.experiments, check)
+    write_text(path, render(experiments, load_blends(project.submissions, project.experiments, check), check.problem))
     log.info("leaderboard: %s", path)
     return path
 
@@ -256,9 +373,10 @@ def write_leaderboard(project: Project) -> Path:
 def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI: regenerate experiments/LEADERBOARD.md and print it."""
     cli.parser(__doc__).parse_args(argv)
-    project = project or Project.from_env()
 
     def body() -> int:
+        nonlocal project
+        project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
         print(write_leaderboard(project).read_text())  # noqa: T201 - the CLI's answer
         return 0
 

@@ -7,7 +7,6 @@ path ships compact uint8 tensors and never needs to know the backbone.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from competition.config import ModelConfig, from_dict
+from competition.config import ModelConfig, from_dict, listed_models
 from competition.errors import ConfigError
 from competition.project import Project
 
@@ -63,9 +62,7 @@ def local_weights(cfg: ModelConfig, project: Project) -> tuple[Path | None, dict
     if cfg.pretrained_file:
         return project.resolve(cfg.pretrained_file), {}
     index = project.resolve(cfg.weights_dir) / "models.json"
-    if not index.is_file():
-        return None, {}
-    for entry in json.loads(index.read_text()).get("models", []):
+    for entry in listed_models(index):
         if entry.get("timm_model") == cfg.name:
             return index.parent / entry["file"], entry
     return None, {}

@@ -180,10 +180,42 @@ def device(auto: bool = True, empty: bool = False) -> Pattern:
     return Pattern(f"(?:{regex})", f"{'auto, ' if auto else ''}cpu, cuda or cuda:N")
 
 
+class DeviceList(Pattern):
+    """A `--devices` list whose CUDA devices must exist on this machine (counted when the option is parsed)."""
+
+    def __call__(self, text: str) -> str:
+        value = super().__call__(text)
+        check_devices(value, "")  # argparse names the option
+        return value
+
+
+def check_devices(text: str, option: str = "--devices") -> list[str]:
+    """The devices of a list (`0,1` -> cuda:0,cuda:1), once every CUDA one is visible; a device listed twice is
+    allowed (logged: its processes share it). Raises ArgumentTypeError naming the visible devices otherwise."""
+    import logging
+
+    import torch
+
+    names = [f"cuda:{d}" if d.isdigit() else ("cuda:0" if d == "cuda" else d)
+             for d in (d.strip() for d in str(text).split(",")) if d]
+    count = torch.cuda.device_count()
+    absent = [n for n in dict.fromkeys(names) if n.startswith("cuda:") and int(n.split(":")[1]) >= count]
+    if absent:
+        seen = (f"the visible CUDA devices are {','.join(map(str, range(count)))}" if count else
+                "no CUDA device is visible on this machine")
+        use = f"{','.join(map(str, range(count)))} or cpu,cpu" if count else "cpu,cpu (one process per cpu entry)"
+        raise argparse.ArgumentTypeError(f"{option + ' ' if option else ''}{text!r} names {', '.join(absent)}, but "
+                                         f"{seen} - use {use}")
+    for name in [n for n in dict.fromkeys(names) if names.count(n) > 1 and n != "cpu"]:
+        logging.getLogger(__name__).info("%s %s lists %s %d times: %d processes will share it",
+                                         option or "--devices", text, name, names.count(name), names.count(name))
+    return names
+
+
 def devices(empty: bool = False) -> Pattern:
     """A comma-separated list of devices, one process each: `0,1` (GPU numbers), `cuda:0,cuda:1` or `cpu,cpu`."""
     item = rf"(?:\d{{1,2}}|{DEVICE})"
-    return Pattern(rf"{item}(?:,{item})*{'|' if empty else ''}", "comma-separated devices: GPU numbers (0,1), "
+    return DeviceList(rf"{item}(?:,{item})*{'|' if empty else ''}", "comma-separated devices: GPU numbers (0,1), "
                    "cuda:N or cpu")
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from competition import atomic
 from competition.errors import KitError
-from competition.project import Project
+from competition.project import Project, typed_folder
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +58,32 @@ def _within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _example(path: Path, command: str) -> str:
+    """A concrete path outside the kit's protected folders to suggest instead of path (e.g. ./cam)."""
+    name = path.name if path.name not in ("", ".", "..", "_") else f"{command}-out"
+    return f"./{name}" if Path(os.path.realpath(typed_folder() / name)) != Path(os.path.realpath(path)) \
+        else f"./{command}-{name}"
+
+
 def check_protected(project: Project, path: Path, command: str, owns: Path | None = None,
-                    also: tuple[Path, ...] = ()) -> None:
-    """Refuse a path inside the data folder (or `also`) or an experiment's folder the command does not own."""
+                    also: tuple[Path, ...] = (), folder_of_outputs: bool = False) -> None:
+    """Refuse a path inside the data folder (or `also`) or an experiment's folder the command does not own;
+    folder_of_outputs: path is a folder the command will fill (it and everything below it are checked)."""
     real = Path(os.path.realpath(path))
+    probe = real / "_" if folder_of_outputs else real  # a file the command would write there
+    what = "folder" if folder_of_outputs else "to"
     for folder in [f for f in (data_folder(project), *also) if f is not None]:
-        if _within(real, Path(os.path.realpath(folder))):
-            raise OutputRefused(f"{command}: refusing to write {path}: it is inside the competition's data folder "
-                                f"{folder}, which the kit never writes - pick a path outside it (e.g. ./{path.name})")
+        if _within(probe, Path(os.path.realpath(folder))):
+            raise OutputRefused(f"{command}: refusing to write {what} {path}: it is inside the competition's data "
+                                f"folder {folder}, which the kit never writes - pick a path outside it, e.g. "
+                                f"{_example(path, command)}")
     experiments = Path(os.path.realpath(project.experiments))
-    if experiments in real.parents and real.parent != experiments:
-        exp = experiments / real.relative_to(experiments).parts[0]
-        if owns is None or not _within(real, Path(os.path.realpath(owns))):
-            raise OutputRefused(f"{command}: refusing to write {path}: it is inside experiment {exp.name}'s folder "
-                                f"{exp}, whose files its run owns - pick a path outside it (e.g. ./{path.name})")
+    if experiments in probe.parents and probe.parent != experiments:
+        exp = experiments / probe.relative_to(experiments).parts[0]
+        if owns is None or not _within(probe, Path(os.path.realpath(owns))):
+            raise OutputRefused(f"{command}: refusing to write {what} {path}: it is inside experiment {exp.name}'s "
+                                f"folder {exp}, whose files its run owns - pick a path outside it, e.g. "
+                                f"{_example(path, command)}")
 
 
 def _stamp(path: Path) -> dict:
@@ -141,7 +153,7 @@ def check_folder(project: Project, folder: Path, command: str, owns: Path | None
                  also: tuple[Path, ...] = ()) -> Path:
     """A folder a person chose for several outputs: not protected (check_protected), not an existing file."""
     folder = Path(folder)
-    check_protected(project, folder / "_", command, owns, also)
+    check_protected(project, folder, command, owns, also, folder_of_outputs=True)
     if folder.exists() and not folder.is_dir():
         raise OutputRefused(f"{command}: {folder} is a file, not a folder - give a folder for the outputs")
     return folder

@@ -179,7 +179,10 @@ def user_path(text: str | Path, project: Project | None = None, what: str = "pat
         near = _near_on_disk(base, text)
         if near:
             raise PathNotFound(f"{what} {text!r} not found; {near[0]} exists ({near[1]}) - type that spelling")
-    looked = " or ".join(str(b) for b in bases) if not Path(os.path.expanduser(text)).is_absolute() else "/"
+    expanded = os.path.expanduser(canonical(text) or text)
+    if Path(expanded).is_absolute():
+        raise PathNotFound(f"{what} {text!r} not found: {expanded} does not exist - check the spelling")
+    looked = " or ".join(str(b) for b in bases)
     raise PathNotFound(f"{what} {text!r} not found (looked under {looked}) - check the spelling, or give an "
                        f"absolute path")
 
@@ -228,3 +231,40 @@ def experiment_yaml(text: str, project: Project) -> Path:
         if "/" not in canonical(text) and (project.experiments / canonical(text)).is_file():
             return (project.experiments / canonical(text)).resolve()
         raise
+
+
+NOT_IMAGES = {
+    ".csv": "a table of paths is not an image - pass the folder that holds the images instead",
+    ".tsv": "a table of paths is not an image - pass the folder that holds the images instead",
+    ".json": "a .json file is not an image - pass image files or a folder of images",
+    ".yaml": "a YAML file is not an image - pass image files or a folder of images",
+    ".yml": "a YAML file is not an image - pass image files or a folder of images",
+    ".txt": "a text file is not an image - pass image files or a folder of images",
+    ".zip": "an archive is not an image - unzip it first (unzip FILE -d DIR) and pass the folder",
+    ".tar": "an archive is not an image - extract it first (tar xf FILE -C DIR) and pass the folder",
+    ".gz": "an archive is not an image - extract it first and pass the folder",
+    ".tgz": "an archive is not an image - extract it first (tar xzf FILE -C DIR) and pass the folder",
+    ".7z": "an archive is not an image - extract it first and pass the folder",
+    ".rar": "an archive is not an image - extract it first and pass the folder",
+    ".pt": "a model checkpoint is not an image - name the experiment as the model and pass images",
+    ".pth": "a model checkpoint is not an image - name the experiment as the model and pass images",
+    ".onnx": "a model file is not an image - name the experiment as the model (--onnx uses its export)",
+    ".parquet": "a table is not an image - pass the folder that holds the images instead",
+    ".npy": "an array file is not an image - pass image files or a folder of images",
+    ".py": "a Python file is not an image - pass image files or a folder of images",
+    ".md": "a text file is not an image - pass image files or a folder of images",
+    ".log": "a text file is not an image - pass image files or a folder of images",
+    ".pkl": "a pickle is not an image - pass image files or a folder of images",
+}
+
+
+class NotAnImage(DataError):
+    """A typed file that is obviously not an image (a table, config, archive, checkpoint)."""
+
+
+def refuse_non_image(text: str, path: Path, command: str) -> None:
+    """Raise NotAnImage when a file typed as an image has a suffix no image has (.csv, .json, .zip, .pt, ...)."""
+    suffix = Path(path).suffix.lower()
+    if path.is_file() and suffix in NOT_IMAGES:
+        output = " (--csv names the OUTPUT file predict writes)" if command == "predict" and suffix == ".csv" else ""
+        raise NotAnImage(f"{command}: {text!r} is a {suffix} file, not an image: {NOT_IMAGES[suffix]}{output}")

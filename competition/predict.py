@@ -29,7 +29,7 @@ from competition.errors import DataError
 from competition.inference import ALLOW_INCOMPLETE_HELP, load_experiment, predict_experiment, predict_onnx
 from competition.model import pick_device
 from competition.outputs import check_target, write_csv
-from competition.paths import experiment_arg, output_path, user_path
+from competition.paths import experiment_arg, output_path, refuse_non_image, user_path
 from competition.project import Project
 from competition.tables import list_images
 
@@ -42,6 +42,7 @@ def expand_paths(items: list[str], project: Project | None = None) -> list[str]:
     out = []
     for item in items:
         path = user_path(item, project, "image or folder")
+        refuse_non_image(item, path, "predict")
         out += list_images(path) if path.is_dir() else [str(path)]
     return out
 
@@ -102,9 +103,10 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("--fp16", action="store_true", help="with --onnx: the half-precision export")
     parser.add_argument("--allow-incomplete", action="store_true", help=ALLOW_INCOMPLETE_HELP)
     args = parser.parse_args(argv)
-    project = project or Project.from_env()
 
     def body() -> int:
+        nonlocal project
+        project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
         if any(is_override(p) for p in args.paths):
             raise ConfigError("predict uses the experiment's saved config; it takes no section.key=value overrides")
         model = model_arg(args.model, project)

@@ -8,10 +8,9 @@ of the folder that owns them.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,26 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent  # the kit's own checkout
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # experiment / submission names: plain, no separators
+
+
+class ProjectError(ConfigError):
+    """$KIT_HOME names no project folder, or the project folder lacks competition.yaml."""
+
+
+def home_folder(home: str) -> Path:
+    """The folder $KIT_HOME names (`~` expanded, relative to where the command was typed); refused unless it exists
+    as a folder, so that no command creates experiments/ in a mistyped place."""
+    text = home.strip()
+    root = typed_folder() / os.path.expanduser(text)
+    fix = "point KIT_HOME at an existing project folder holding competition.yaml, or unset it to use the kit's folder"
+    if text.startswith("~") and root == typed_folder() / text:
+        raise ProjectError(f"KIT_HOME={home!r}: {text.split('/')[0]} is no known home folder - {fix}")
+    if not root.exists():
+        raise ProjectError(f"KIT_HOME={home!r} is not a folder: {root} does not exist - {fix} (mkdir it first for "
+                           f"a new project)")
+    if not root.is_dir():
+        raise ProjectError(f"KIT_HOME={home!r} is not a folder: {root} is a file - {fix}")
+    return root.resolve()
 
 
 def check_name(name: str, what: str = "experiment") -> str:
@@ -37,20 +56,29 @@ class Project:
     """Where one competition's inputs and outputs live; relative config paths resolve against `root`."""
 
     root: Path
+    from_home: bool = field(default=False, compare=False)  # named by $KIT_HOME: competition.yaml must be there
 
     @classmethod
     def from_env(cls) -> "Project":
         """$KIT_HOME when set (`~` expanded; relative to the folder the command was typed in), else the kit's
-        repository; a KIT_HOME that is not a folder is named in a warning (the command then fails on its files)."""
-        home = os.environ.get("KIT_HOME", "").strip()
-        if not home:
+        repository; a KIT_HOME that is not an existing folder is refused (ProjectError) before anything is written."""
+        home = os.environ.get("KIT_HOME", "")
+        if not home.strip():
             return cls(REPO.resolve())
-        root = typed_folder() / Path(home).expanduser()
-        if not root.is_dir():
-            logging.getLogger(__name__).warning(
-                "KIT_HOME=%s is not a folder (looked at %s) - point KIT_HOME at the project folder holding "
-                "competition.yaml, or unset it to use the kit's own folder", home, root)
-        return cls(root.resolve())
+        return cls(home_folder(home), from_home=True)
+
+    def competition_yaml(self) -> Path | None:
+        """competition.yaml when present; None for the kit's own folder without one (defaults); refused for a
+        $KIT_HOME project without one (the defaults point at the kit's data, not the project's)."""
+        path = self.competition_file
+        if path.is_file():
+            return path
+        if path.exists():
+            raise ProjectError(f"{path} is not a file - competition.yaml must be a YAML file in the project folder")
+        if self.from_home:
+            raise ProjectError(f"{path} not found: copy the kit's competition.yaml there ({REPO / 'competition.yaml'}) "
+                               f"and set competition.data_dir")
+        return None
 
     @property
     def competition_file(self) -> Path:

@@ -26,6 +26,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocC
 
 from competition import cli  # noqa: E402
 from competition.atomic import atomic_path, write_text  # noqa: E402
+from competition.config import require_experiment  # noqa: E402
 from competition.decode import BadImageError, decode_image  # noqa: E402
 from competition.errors import ConfigError, KitError  # noqa: E402
 from competition.explain import GradCamUnsupported, eval_crop, explain_images  # noqa: E402
@@ -151,6 +152,7 @@ def write_report(project: Project, name: str) -> Path:
     """Write every plot of an experiment to <exp>/report/*.png and a self-contained <exp>/report.html."""
     out = project.experiment_dir(name)
     if not (out / "metrics.json").is_file() or not (out / "oof.csv").is_file():
+        require_experiment(name, project)  # a name with neither outputs nor a YAML: say which exist
         raise ConfigError(f"{out}: no metrics.json/oof.csv - run `./run.sh {name}` first")
     metrics = read_json(out / "metrics.json")
     if metrics is None:
@@ -193,9 +195,10 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser = cli.parser(__doc__)
     parser.add_argument("experiment")
     args = parser.parse_args(argv)
-    project = project or Project.from_env()
 
     def body() -> int:
+        nonlocal project
+        project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
         print(write_report(project, args.experiment))  # noqa: T201
         return 0
 

@@ -7,7 +7,7 @@ GET /            the page (drag and drop, or choose a file)
 POST /predict    multipart field `file` -> {"prob", "label", "label_name", "threshold", "gradcam_png", ...}
 GET /health      {"status": "ok", "model": ...}
 
-Binds to 127.0.0.1 by default. Non-images get 415, uploads over --max-mb get 413, both with a JSON reason.
+Binds to 127.0.0.1 by default; a --host that does not resolve or a --port in use is refused before the model loads. Non-images get 415, uploads over --max-mb get 413, both with a JSON reason.
 An unfinished experiment (a fold missing, not assembled, or still training) is refused with the fix;
 --allow-incomplete serves it anyway, with a loud warning (threshold 0.5 when it has none yet).
 """
@@ -15,8 +15,10 @@ An unfinished experiment (a fold missing, not assembled, or still training) is r
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from PIL import Image
 
 from competition import cli, options
 from competition.decode import BadImageError, decode_image
+from competition.errors import KitError
 from competition.explain import GradCamUnsupported, eval_crop, explain_images
 from competition.blend import load_blend
 from competition.inference import ALLOW_INCOMPLETE_HELP, load_experiment, predict_image
@@ -164,6 +167,34 @@ def _answer(predictor: Predictor, data: bytes, max_pixels: int) -> dict:
     return predictor.predict(image)
 
 
+class AddressError(KitError):
+    """--host does not resolve, or --port cannot be bound on it."""
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Refuse a --host that does not resolve or a --port that cannot be bound there (a socket is bound, then closed)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as err:
+        raise AddressError(f"--host {host!r} is not an address of this machine ({err}) - use 127.0.0.1 (this machine "
+                           f"only) or 0.0.0.0 (every interface)") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind(address)
+        except PermissionError:
+            raise AddressError(f"--port {port}: binding a port below 1024 needs root - use --port 8000 (or another "
+                               f"port above 1023)") from None
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise AddressError(f"--port {port} on {host} is already in use - pass another port (e.g. --port "
+                                   f"{port + 1 if port < 65535 else 8000}) or stop the process using it (lsof -i :{port})")\
+                    from None
+            raise AddressError(f"--host {host!r} --port {port} cannot be bound ({err.strerror or err}) - use --host "
+                               f"127.0.0.1 or an address of this machine") from None
+
+
 def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point."""
     import uvicorn
@@ -180,9 +211,11 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("--max-megapixels", type=options.number(float, gt=0, le=1000, unit="megapixels"), default=40.0,
                         help="largest decoded image accepted")
     args = parser.parse_args(argv)
-    project = project or Project.from_env()
 
     def body() -> int:
+        nonlocal project
+        project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
+        check_bindable(args.host, args.port)  # before minutes of loading the model, not after
         predictor = Predictor(project, args.model, pick_device(args.device), args.allow_incomplete)
         torch.set_num_threads(max(1, torch.get_num_threads()))
         uvicorn.run(create_app(predictor, args.max_mb, args.max_queue, args.max_megapixels), host=args.host, port=args.port, log_level="info")

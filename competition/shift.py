@@ -80,6 +80,8 @@ def check_shift(cfg: Config, project: Project, train_paths: list[str], test_path
     shifted = max(meta_auc, pix_auc if pix_auc is not None else 0.0) > threshold
     verdict = (f"SHIFT: train and test can be told apart (metadata AUC {meta_auc:.3f}, {pix_txt}; warning above "
                f"{threshold}); cues: {', '.join(top) or 'pixels only'} - {ADVICE}" if shifted else
+               f"SKIPPED (pixels): metadata alone looks like train (metadata AUC {meta_auc:.3f}; warning above "
+               f"{threshold}); {pix_txt}" if pix_auc is None else
                f"OK: test looks like train (metadata AUC {meta_auc:.3f}, {pix_txt}; warning above {threshold})")
     return {"n_train": len(train_paths), "n_test": len(test_paths), "metadata_auc": meta_auc, "pixel_auc": pix_auc,
             "embed_model": cfg.folds.embed_model, "threshold": threshold, "shifted": shifted, "verdict": verdict,
@@ -92,8 +94,8 @@ def pixels_view(cfg: Config, project: Project, paths: list[str], is_test: np.nda
     try:
         auc = pixel_auc(embed_config(cfg, paths, project), is_test, fold)
     except ConfigError as err:
-        log.warning("shift check: pixel view skipped, metadata only (%s)", err)
-        return None, "pixels not checked: no local weights for folds.embed_model"
+        log.warning("shift check: pixel view SKIPPED, metadata only (%s)", err)
+        return None, f"pixels SKIPPED: {err}"
     return auc, f"pixels AUC {auc:.3f}"
 
 
@@ -115,7 +117,7 @@ def render(report: dict, title: str) -> str:
              f"(5 folds) at telling them apart. 0.5 = indistinguishable.", "",
              "| view | AUC |", "|---|---|", f"| metadata (gradient boosting) | {report['metadata_auc']:.4f} |",
              f"| pixels ({report['embed_model']} embeddings, logistic regression) | "
-             f"{'not checked' if report['pixel_auc'] is None else format(report['pixel_auc'], '.4f')} |", "",
+             f"{'SKIPPED' if report['pixel_auc'] is None else format(report['pixel_auc'], '.4f')} |", "",
              "## Metadata features alone (AUC of telling train from test)", "", "| feature | AUC |", "|---|---|"]
     lines += [f"| {f} | {a:.4f} |" for f, a in report["feature_auc"].items()]
     lines += ["", "| field | train | test |", "|---|---|---|"]
@@ -129,7 +131,7 @@ def write_shift_report(report: dict, out_dir, stem: str):
     md = out_dir / f"{stem}_shift.md"
     write_text(md, render(report, stem))
     write_json(out_dir / f"{stem}_shift.json", report)
-    (log.warning if report["shifted"] else log.info)("shift check %s: %s", md, report["verdict"])
+    (log.warning if report["shifted"] or report["pixel_auc"] is None else log.info)("shift check %s: %s", md, report["verdict"])
     return md
 
 
@@ -147,9 +149,10 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("--threshold", type=options.number(float, ge=0.5, lt=1.0, unit="AUC"), default=THRESHOLD,
                         help="warn above this AUC")
     args = parser.parse_args(argv)
-    project = project or Project.from_env()
 
     def body() -> int:
+        nonlocal project
+        project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
         cfg = load_config("", args.overrides, project, check_model=False)
         train = load_train_table(cfg.competition, project)
         test = load_test_table(cfg.competition, project)

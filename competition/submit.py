@@ -21,7 +21,8 @@ from competition.errors import KitError
 from competition.kaggle_cli import KaggleError
 from competition.paths import user_path
 from competition.project import Project
-from competition.leaderboard import read_json
+from competition.leaderboard import DataCheck, member_problem, read_json
+from competition.tables import check_separator
 from competition.submission import Evidence, SubmissionError, validate_submission
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,11 @@ def read_submission(path: Path, comp: CompetitionConfig) -> pd.DataFrame:
         raise SubmissionError(f"{path} is a {path.suffix or 'suffix-less'} file, not a submission CSV - pass the "
                               f"submissions/<name>.csv (the .json beside it is the blend's sidecar)")
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise SubmissionError(f"{path} is not a readable CSV ({reason}) - rewrite it with `competition.ensemble`") from None
+    return check_separator(frame, path, "then submit it again")
 
 
 def sidecar_evidence(path: Path) -> Evidence:
@@ -81,10 +83,29 @@ def sidecar_evidence(path: Path) -> Evidence:
     return Evidence([str(i) for i in saved.get("no_prediction") or []], str(side), rate)
 
 
+def warn_stale_members(path: Path, comp: CompetitionConfig, project: Project) -> list[str]:
+    """Warn (not refuse: the file itself is valid) when the blend sidecar beside a submission records members made
+    from other training data than the competition's current one, or gone or rerun since; the problems found."""
+    side = path.with_suffix(".json")
+    saved = read_json(side) if side.is_file() else None
+    if not saved or not isinstance(saved.get("members"), list):
+        return []
+    check, states = DataCheck(project, comp), saved.get("member_inputs") or {}
+    problems = [p for p in (member_problem(project.experiments, str(m), states.get(m), check)
+                            for m in saved["members"]) if p]
+    for problem in problems:
+        log.warning("%s: uploading anyway (a warning, not a refusal): blend %s - re-blend on current members for a "
+                    "submission of the current data", path.name, problem)
+    if check.problem:
+        log.warning("%s: blend members' training data not checked: %s", path.name, check.problem)
+    return problems
+
+
 def submit(path: Path, message: str, comp: CompetitionConfig, project: Project, dry_run: bool = False) -> str:
     """Validate the file (information included: see competition.submission), then upload it unless dry_run."""
     frame = read_submission(path, comp)
     validate_submission(frame, comp, project, evidence=sidecar_evidence(path))
+    warn_stale_members(path, comp, project)
     log.info("%s: valid (%d rows)", path, len(frame))
     if dry_run:
         return "dry run: validated, not uploaded"
@@ -99,9 +120,10 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("-m", "--message", default="", help="submission description shown on Kaggle")
     parser.add_argument("--dry-run", action="store_true", help="validate only")
     args = parser.parse_args(argv)
-    project = project or Project.from_env()
 
     def body() -> int:
+        nonlocal project
+        project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
         comp = load_config("", args.overrides, project, check_model=False).competition
         file = user_path(args.file, project, "submission file", kind="file")
         try:

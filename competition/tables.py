@@ -24,7 +24,7 @@ from competition.project import Project
 log = logging.getLogger(__name__)
 
 __all__ = ["DataError", "IMAGE_SUFFIXES", "data_dir", "list_images", "load_train_table", "load_test_table",
-           "load_sample_submission"]
+           "load_sample_submission", "check_separator"]
 
 # Every suffix Pillow can open (.jfif, .jpe, .avif with the plugin, ...), not a hand-written list.
 IMAGE_SUFFIXES = frozenset(s.lower() for s in Image.registered_extensions()) | {".jpg", ".jpeg", ".png", ".webp"}
@@ -85,18 +85,35 @@ def _locate(rel: str, root: str, index: DiskIndex, kind: str) -> str:
     return os.path.realpath(os.path.join(root, canonical(rel)))
 
 
+def relative_cell(cell: str, root: Path) -> str:
+    """A table's path cell relative to the data folder when it is an absolute path inside it (as typed, or through
+    a link to it); any other cell as it is."""
+    text = canonical(os.path.expanduser(str(cell)))
+    if not text.startswith("/"):
+        return str(cell)
+    for base in dict.fromkeys((os.path.abspath(root), os.path.realpath(root))):
+        if text.startswith(base.rstrip("/") + "/"):
+            return os.path.relpath(text, base)
+    parent = os.path.realpath(os.path.dirname(text))
+    if (parent + "/").startswith(os.path.realpath(root).rstrip("/") + "/"):
+        return os.path.relpath(os.path.join(parent, os.path.basename(text)), os.path.realpath(root))
+    return str(cell)
+
+
 def _resolve_paths(frame: pd.DataFrame, root: Path, file: Path, index: DiskIndex, kind: str) -> pd.Series:
-    """Absolute paths for `frame.id` (spellings canonicalised once, bare ids found by stem), refusing URLs and
-    any path that escapes the data folder (../, absolute, symlinks)."""
+    """Absolute paths for `frame.id` (absolute paths inside the data folder made relative, spellings canonicalised
+    once, bare ids found by stem), refusing URLs and any path that escapes the data folder (../, absolute, links)."""
     _refuse_urls(frame, file)
     root_real = os.path.realpath(root)
-    paths = [_locate(str(rel), root_real, index, kind) for rel in frame["id"]]
-    escaping = pd.Series([os.path.isabs(str(r)) or canonical(r).startswith("/") or not p.startswith(root_real + os.sep)
-                          for r, p in zip(frame["id"], paths)], index=frame.index)
+    cells = [relative_cell(r, root) for r in frame["id"]]
+    paths = [_locate(c, root_real, index, kind) for c in cells]
+    escaping = pd.Series([canonical(c).startswith("/") or not p.startswith(root_real + os.sep)
+                          for c, p in zip(cells, paths)], index=frame.index)
     if escaping.any():
         raise DataError(
-            f"{file}: {int(escaping.sum())} path(s) escape the data folder {root}: "
-            f"{_rows(frame, escaping, 'id')} - use paths relative to the data folder, without '..' or links"
+            f"{file}: list image paths inside the data folder {root} (relative, e.g. train/img001.jpg, or absolute "
+            f"under it) - {int(escaping.sum())} path(s) escape the data folder (../, another folder, or a link out): "
+            f"{_rows(frame, escaping, 'id')}"
         )
     return pd.Series(paths, index=frame.index)
 
@@ -221,16 +238,40 @@ def read_table(file: Path, what: str) -> pd.DataFrame:
 SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "pipes"}
 
 
-def _check_separator(frame: pd.DataFrame, file: Path) -> None:
-    """Refuse a table whose one header cell holds ';', tab or '|' separated names: another separator, not commas."""
-    if len(frame.columns) != 1:
-        return
-    header = str(frame.columns[0])
-    for sep, name in SEPARATORS.items():
-        if sep in header:
-            raise DataError(f"{file}: columns are separated by {name}, not commas (header {header!r}) - save a "
-                            f"comma-separated copy, e.g. pandas.read_csv(path, sep={sep!r}).to_csv(new_path, "
-                            f"index=False), and point competition.yaml at it")
+def check_separator(frame: pd.DataFrame, file: Path, fix: str = "and point competition.yaml at it") -> pd.DataFrame:
+    """frame, once its header and rows are both comma-separated: a header of ';'/tab/'|' separated names, or a
+    comma header over rows separated by another character, is refused naming the separator and the fix."""
+    how = (f"e.g. pandas.read_csv(path, sep=SEP).to_csv(new_path, index=False), {fix}").strip(", ")
+    if len(frame.columns) == 1:
+        header = str(frame.columns[0])
+        for sep, name in SEPARATORS.items():
+            if sep in header:
+                raise DataError(f"{file}: columns are separated by {name}, not commas (header {header!r}) - save a "
+                                f"comma-separated copy, {how.replace('SEP', repr(sep))}")
+        return frame
+    mixed = _row_separator(frame)
+    if mixed:
+        sep, row = mixed
+        raise DataError(f"{file}: the header is separated by commas but the rows by {SEPARATORS[sep]} (first row "
+                        f"{row!r}) - use commas throughout, e.g. sed -i 's/{sep.replace(chr(9), '[[:blank:]]')}/,/g' "
+                        f"{file}{', ' + fix if fix else ''}")
+    return frame
+
+
+def _row_separator(frame: pd.DataFrame) -> tuple[str, str] | None:
+    """(separator, first such row) when most rows fill only their first cell, and that cell holds ';', tab or '|'."""
+    if frame.empty:
+        return None
+    first = frame.iloc[:, 0].astype(str)
+    rest_empty = (frame.iloc[:, 1:].astype(str) == "").all(axis=1)
+    for sep in SEPARATORS:
+        hit = rest_empty & first.str.contains(sep, regex=False)
+        if hit.sum() * 2 >= len(frame):
+            return sep, str(first[hit].iloc[0])
+    return None
+
+
+_check_separator = check_separator
 
 
 def _where_the_data_is(file: Path) -> str:
@@ -270,6 +311,7 @@ def load_train_table(comp: CompetitionConfig, project: Project, group_column: st
     else:
         raise DataError("competition.yaml: set `competition.train_csv` or `competition.class_folders`")
     _check_ids(frame, file)
+    frame["id"] = [relative_cell(c, root) for c in frame["id"]]  # absolute paths inside the data folder, once
     index = DiskIndex(Path(os.path.realpath(root)))
     frame["path"] = _resolve_paths(frame, root, file, index, "train")
     _check_files(frame, file, fatal=True, index=index, kind="train")

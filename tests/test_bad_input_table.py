@@ -214,7 +214,7 @@ CASES = [
     Case("0-byte metrics.json on the leaderboard", lambda home: (
         (home / "experiments" / "junk").mkdir(parents=True), (home / "experiments" / "junk" / "metrics.json").write_bytes(b""),
         ("competition.leaderboard",))[-1], ("junk/metrics.json", "left out"), kind="skip"),
-    Case("blend of an experiment never run", lambda home: ("competition.ensemble", "ghost"), ("ghost", "run.sh ghost")),
+    Case("blend of an experiment never run", lambda home: ("competition.ensemble", "ghost"), ("ghost", "experiments")),
     Case("member listed twice", lambda home: ("competition.ensemble", "done", "done"), ("listed twice",), trained=True),
     Case("submit the .json sidecar", write_file("submissions/b.json", b"{}", ("competition.submit", "{home}/submissions/b.json",
          "--dry-run")), ("b.json", "submission CSV")),

@@ -9,7 +9,7 @@ import pytest
 
 from competition.config import Config, field_hints, sections
 from competition.config_reference import DOCS_FILE, REGENERATE, describe_type, field_comments, keys, render_markdown
-from tests.conftest import call_kit, write_yaml
+from tests.conftest import WEIGHTS, call_kit, write_yaml
 
 ALL_KEYS = [(s, n) for s, cls in [("", Config), *sections().items()] for n, h in field_hints(cls).items()
             if not dataclasses.is_dataclass(h)]
@@ -75,7 +75,8 @@ def test_the_resolved_config_shows_every_key_and_who_set_it(tmp_path):
 
 
 def test_without_an_experiment_it_shows_the_defaults_and_competition_yaml(tmp_path):
-    write_yaml(tmp_path / "competition.yaml", {"competition": {"name": "tiny", "metric": "f1"}})
+    write_yaml(tmp_path / "competition.yaml", {"competition": {"name": "tiny", "metric": "f1"},
+                                               "model": {"weights_dir": str(WEIGHTS)}})  # offline: local weights
     out = call_kit(tmp_path, "competition.config_reference").stdout
     assert "metric: f1" in out and "[competition.yaml:3]" in out and "epochs: 10" in out
 

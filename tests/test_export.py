@@ -94,7 +94,8 @@ def test_export_then_predict_onnx_equals_predict(home):
     info = json.loads((out / "export.json").read_text())
     assert [f["file"] for f in info["files"]] == ["fold0.onnx", "fold1.onnx", "model.onnx", "model.fp16.onnx"]
     assert info["input"]["shape"] == ["batch", 3, 24, 24] and info["views"] == "hflip"
-    images = sorted(str(p) for p in (home / "data").rglob("*.jpg"))[:20] + [str(home / "competition.yaml")]
+    (home / "broken.jpg").write_bytes(b"not a jpeg")  # an unreadable image keeps its row
+    images = sorted(str(p) for p in (home / "data").rglob("*.jpg"))[:20] + [str(home / "broken.jpg")]
     call_kit(home, "competition.predict", "exp_x", *images, "--csv", str(home / "eager.csv"))
     onnx = call_kit(home, "competition.predict", "exp_x", *images, "--onnx", "--csv", str(home / "onnx.csv"))
     a, b = pd.read_csv(home / "eager.csv"), pd.read_csv(home / "onnx.csv")

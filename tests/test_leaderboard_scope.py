@@ -116,7 +116,7 @@ def rerun_same_data(out):
 
 
 MEMBER_CHANGES = {"deleted": (lambda out: __import__("shutil").rmtree(out), "member eB is gone"),
-                  "metrics gone": (lambda out: (out / "metrics.json").unlink(), "member eB is gone"),
+                  "metrics gone": (lambda out: (out / "metrics.json").unlink(), "member eB experiments/eB/metrics.json missing"),
                   "other data": (rerun_on_other_data, "member eB was rerun on other data"),
                   "rerun": (rerun_same_data, "member eB was rerun since")}
 

@@ -26,18 +26,18 @@ class Captured(Exception):
 
 def build_parser(module: str) -> argparse.ArgumentParser:
     """The parser `competition.<module>.main` builds (its parse_args intercepted: nothing else runs)."""
-    original = argparse.ArgumentParser.parse_args
+    original = argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_intermixed_args
 
     def capture(self, args=None, namespace=None):
         raise Captured(self)
 
-    argparse.ArgumentParser.parse_args = capture
+    argparse.ArgumentParser.parse_args = argparse.ArgumentParser.parse_intermixed_args = capture
     try:
         importlib.import_module(f"competition.{module}").main([], project=Project(Path("/nonexistent-kit-home")))
     except Captured as done:
         return done.args[0]
     finally:
-        argparse.ArgumentParser.parse_args = original
+        argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_intermixed_args = original
     raise AssertionError(f"competition.{module}.main returned without parsing its command line")
 
 

@@ -220,14 +220,17 @@ def test_stop_workers_kills_what_ignores_sigterm_after_the_grace_period():
     ("cpu,cpu", [0, 1], [("cpu", [0]), ("cpu", [1])]),
     ("cuda:0, cuda:1,,", [3], [("cuda:0", [3])]),
 ])
-def test_device_plan_deals_folds_round_robin(devices, folds, plan):
+def test_device_plan_deals_folds_round_robin(devices, folds, plan, monkeypatch):
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)  # the plan's arithmetic, on a CPU-only machine
     assert device_plan(devices, folds) == plan
 
 
 @pytest.mark.slow
-def test_a_run_whose_worker_fails_stops_the_healthy_one_fast(home):
+def test_a_run_whose_worker_fails_stops_the_healthy_one_fast(home, monkeypatch):
     """`--devices cpu,cuda:99`: the worker on a GPU that is not there fails at start; the cpu one (50 epochs) is
-    stopped instead of training on."""
+    stopped instead of training on. The parent is told 100 GPUs exist (so the up-front device check passes); the
+    worker process sees the real machine and fails."""
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 100)
     smoke_experiment(home, "par", train={"epochs": 50})
     t0 = time.monotonic()
     result = call_kit(home, "competition.experiment", "par", "--devices", "cpu,cuda:99", check=False)
