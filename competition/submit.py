@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
         file = user_path(args.file, project, "submission file", kind="file")
         try:
             log.info("%s", submit(file, args.message or file.stem, comp, project, args.dry_run))
-        except KitError as err:
-            raise type(err)(f"{file}: {err}") from None
+        except KitError as err:  # every message names the file, once
+            raise (err if str(err).startswith(str(file)) else type(err)(f"{file}: {err}")) from None
         return 0
 
     return cli.run(body)

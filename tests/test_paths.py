@@ -5,7 +5,6 @@ and the data-folder checks (separators, a zip-only or nested data folder). No te
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -19,12 +18,13 @@ import pytest
 import yaml
 
 import competition.project as project_module
-from competition.config import load_config, save_config
+from competition.config import load_config
 from competition.errors import DataError
 from competition.paths import PathNotFound, UrlError, canonical, experiment_arg, user_path
 from competition.project import Project
 from competition.tables import load_test_table, load_train_table
-from tests.conftest import REPO, call_kit, smoke_experiment
+from tests.conftest import REPO, call_kit
+from tests.test_outputs import fake_finished
 
 NFD = lambda s: unicodedata.normalize("NFD", s)  # noqa: E731 - macOS spelling of the same name
 
@@ -189,16 +189,6 @@ def test_submit_dry_run_finds_the_file_typed_in_another_folder(home, typed_in, s
 def test_submit_names_a_near_miss(home, typed_in, typed, aspect):
     line = error_line(call_kit(home, "competition.submit", typed, "--dry-run", check=False))
     assert "sub.csv" in line and aspect in line, line
-
-
-def fake_finished(home: Path, name: str, score: float) -> None:
-    """An experiment folder with what compare reads (config.yaml, metrics.json), no training."""
-    smoke_experiment(home, name)
-    out = home / "experiments" / name
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(load_config(name, [], Project(home), check_model=False), out / "config.yaml")
-    folds = [{"fold": k, "score": score + 0.01 * k} for k in range(2)]
-    (out / "metrics.json").write_text(json.dumps({"metric": "auc", "oof_score": score, "folds": folds, "wall_s": 6}))
 
 
 OUT_SPELLINGS = {"relative": "reports/t.md", "dot": "./reports/t.md", "tilde": "~/reports/t.md",
