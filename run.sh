@@ -5,7 +5,7 @@
 #   ./run.sh audit [--shift]                              shortcut audit, or the train-vs-test shift check
 #   ./run.sh folds|ensemble|submit|audit|shift|leaderboard|predict|report|explain|serve|compare [args]   python -m competition.<that>
 #   ./run.sh exp001 --devices 0,1 | --folds 0,1 --no-assemble; ./run.sh assemble exp001   folds in parallel
-#   ./run.sh kaggle push|status|pull exp001; ./run.sh bundle exp001 DIR; ./run.sh export exp001 [--fp16]   Kaggle, offline, ONNX
+#   ./run.sh kaggle push|status|pull exp001 (push|status BLEND --inference, submit-kernel BLEND: code competitions); ./run.sh bundle exp001 DIR; ./run.sh export exp001 [--fp16]   Kaggle, offline, ONNX
 # Python: $KIT_PYTHON if set (e.g. KIT_PYTHON=python3 on a machine that already has torch/timm),
 # else .venv, created from requirements.txt on first use and refreshed when requirements.txt changes.
 set -euo pipefail
@@ -34,8 +34,9 @@ fi
 # between phases and in DataLoader workers (competition/allocator.py): peak 4.4 GB main process, not 9.7 GB.
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-1073741824}"
 export MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-4294967296}"
-# Idle OpenMP threads sleep instead of spinning: beside a second training a step slowed 4.8x with spinning
-# and 2.1x (a fair share) with PASSIVE, at the same speed alone (benchmarks/threads.py, benchmarks/README.md).
+# Idle OpenMP threads sleep instead of spinning. Whole runs (benchmarks/thread_policy.py, exp001 1 fold x 1 epoch):
+# alone 164 s PASSIVE vs 290 s ACTIVE (spinning threads starve the DataLoader workers), beside a second run 272 s
+# PASSIVE; single steps beside a training slowed 4.8x spinning, 2.1x PASSIVE (benchmarks/threads.py).
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 

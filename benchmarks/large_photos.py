@@ -1,16 +1,20 @@
 """Memory and CPU time of a whole run on large photos (1-8 megapixels, JPEG and PNG), per allocator setting.
 
     ../.venv/bin/python large_photos.py make /tmp/photos            # 200 train + 60 test photos, ~4 minutes
+    ../.venv/bin/python large_photos.py make /tmp/huge --train 120 --test 40 --huge 4   # + 20-85 MP JPEG/PNG
     ../.venv/bin/python large_photos.py run /tmp/photos --malloc runsh glibc arena2 [--set tta.tiles=3 ...]
 
 `make` writes a Kaggle-layout competition (train.csv, test.csv, sample_submission.csv, competition.yaml) of
 photos assembled from the faces set: sizes 1-8 megapixels in 1:1, 4:3 and 3:2, half PNG, half JPEG q85-95;
-label 1 = StyleGAN2 faces, 0 = FFHQ photos, every file re-encoded so no metadata is left.
+label 1 = StyleGAN2 faces, 0 = FFHQ photos, every file re-encoded so no metadata is left. `--huge n` adds n
+more (JPEG and PNG alternately, sizes spread over 20-85 MP: Pillow refuses images over 89.5 MP as decompression
+bombs), half to train, half to test.
 `run` trains the experiment below once per allocator setting, each in a fresh project folder (nothing
 cached between them), while sampling every process of the run's tree (main process, DataLoader workers)
 every 0.2 s: peak RSS (VmHWM) per process, and the whole tree's user/system CPU time from wait4.
-The experiment is the issue's: tf_efficientnet_lite0, 224 px native crops (forensic), batch 32, hflip TTA
-with 5 crops, 2 folds x 2 epochs, 1 DataLoader worker (this machine's default), OOF + test TTA.
+The experiment is the photo recipe: tf_efficientnet_lite0, 224 px native crops (forensic), batch 32, hflip TTA
+over 4x4 tiles + the centre crop (`tta.tiles: 4`; section 8's older rows used `--set tta.tiles=0 tta.crops=5`),
+2 folds x 2 epochs, 1 DataLoader worker (this machine's default), OOF + test TTA.
 Allocator settings (glibc malloc environment):
 - runsh:  MALLOC_MMAP_THRESHOLD_=1 GB, MALLOC_TRIM_THRESHOLD_=4 GB (what run.sh exports)
 - glibc:  glibc's own defaults (dynamic mmap threshold from 128 KB up to 32 MB)
@@ -50,7 +54,7 @@ EXPERIMENT = {
     "model": {"name": "tf_efficientnet_lite0", "weights_dir": str(SHARED / "weights")},
     "data": {"img_size": 224, "augment": "forensic"},
     "train": {"epochs": 2, "batch_size": 32, "patience": 0},
-    "tta": {"views": "hflip", "crops": 5},
+    "tta": {"views": "hflip", "crops": 1, "tiles": 4},
 }
 
 
@@ -67,8 +71,26 @@ def photo(faces: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(canvas[y:y + h, x:x + w])
 
 
-def make(out: Path, n_train: int = 200, n_test: int = 60, seed: int = 0) -> None:
-    """Write the large-photo competition to `out`."""
+def huge(faces: list[np.ndarray], megapixels: float, rng: np.random.Generator) -> np.ndarray:
+    """A `megapixels` 4:3 image tiled from 1024 px faces (tiled views, then one copy: cheap to build)."""
+    w = int(np.sqrt(megapixels * 1e6 * 4 / 3))
+    h = int(megapixels * 1e6 / w)
+    row = np.concatenate([faces[rng.integers(len(faces))] for _ in range(4)], 1)
+    block = np.concatenate([np.roll(row, -1024 * k, axis=1) for k in range(4)], 0)  # 4096 x 4096
+    return np.ascontiguousarray(np.tile(block, (h // 4096 + 1, w // 4096 + 1, 1))[:h, :w])
+
+
+def encode(image: np.ndarray, fmt: str, rng: np.random.Generator) -> bytes:
+    """The image as a PNG (fast zlib level for the huge ones) or a JPEG q85-95, without metadata."""
+    buf = io.BytesIO()
+    big = image.shape[0] * image.shape[1] > 16e6
+    options = {"compress_level": 1 if big else 6} if fmt == "png" else {"quality": int(rng.integers(85, 96))}
+    Image.fromarray(image).save(buf, "PNG" if fmt == "png" else "JPEG", **options)
+    return buf.getvalue()
+
+
+def make(out: Path, n_train: int = 200, n_test: int = 60, seed: int = 0, n_huge: int = 0) -> None:
+    """Write the large-photo competition to `out` (n_huge 20-85 MP JPEG/PNG files among them)."""
     rng = np.random.default_rng(seed)
     table_ = pd.read_csv(FACES / "train.csv")
     by_label = {k: [np.asarray(Image.open(FACES / f).convert("RGB")) for f in table_[table_["label"] == k]["file_name"][:24]]
@@ -76,15 +98,17 @@ def make(out: Path, n_train: int = 200, n_test: int = 60, seed: int = 0) -> None
     (out / "train").mkdir(parents=True, exist_ok=True)
     (out / "test").mkdir(exist_ok=True)
     rows, test_ids = [], []
-    for i in range(n_train + n_test):
+    sizes = np.linspace(20, 85, n_huge) if n_huge > 1 else [85.0] * n_huge
+    jobs = [(i < n_train, None) for i in range(n_train + n_test)]
+    jobs += [(k % 4 < 2, float(mp)) for k, mp in enumerate(sizes)]  # JPEG, PNG, JPEG, PNG...; train, train, test..
+    for i, (is_train, megapixels) in enumerate(jobs):
         label = int(rng.integers(2))
-        image = photo(by_label[label], rng)
-        fmt = "png" if rng.random() < 0.5 else "jpg"
-        name = f"{'train' if i < n_train else 'test'}/{i:04d}.{fmt}"
-        buf = io.BytesIO()
-        Image.fromarray(image).save(buf, "PNG" if fmt == "png" else "JPEG", **({} if fmt == "png" else {"quality": int(rng.integers(85, 96))}))
-        (out / name).write_bytes(buf.getvalue())
-        if i < n_train:
+        image = photo(by_label[label], rng) if megapixels is None else huge(by_label[label], megapixels, rng)
+        fmt = ("png" if rng.random() < 0.5 else "jpg") if megapixels is None else ("jpg", "png")[(i - n_train - n_test) % 2]
+        name = f"{'train' if is_train else 'test'}/{i:04d}.{fmt}"
+        (out / name).write_bytes(encode(image, fmt, rng))
+        del image
+        if is_train:
             rows.append({"file_name": name, "label": label})
         else:
             test_ids.append(name)
@@ -96,7 +120,7 @@ def make(out: Path, n_train: int = 200, n_test: int = 60, seed: int = 0) -> None
     (out / "competition.yaml").write_text(yaml.safe_dump(comp, sort_keys=False))
     sizes = [Image.open(out / r["file_name"]).size for r in rows]
     mp = [w * h / 1e6 for w, h in sizes]
-    print(f"wrote {n_train} train + {n_test} test photos to {out}: {min(mp):.1f}-{max(mp):.1f} MP")  # noqa: T201
+    print(f"wrote {len(rows)} train + {len(test_ids)} test photos to {out}: {min(mp):.1f}-{max(mp):.1f} MP in train")  # noqa: T201
 
 
 def tree(root: int) -> list[int]:
@@ -125,7 +149,7 @@ def status(pid: int) -> dict[str, int]:
         rollup = open(f"/proc/{pid}/smaps_rollup").read().splitlines()
     except OSError:
         return {}
-    out = {k: int(v.split()[0]) // 1024 for k, v in (line.split(":", 1) for line in lines) if k in ("VmHWM", "RssAnon")}
+    out = {k: int(v.split()[0]) // 1024 for k, v in (line.split(":", 1) for line in lines) if k in ("VmHWM", "VmRSS", "RssAnon")}
     private = [int(line.split()[1]) for line in rollup if line.startswith(("Private_Clean:", "Private_Dirty:"))]
     return {**out, "Private": sum(private) // 1024}
 
@@ -143,13 +167,15 @@ def run_once(data: Path, setting: str, overrides: list[str], work: Path) -> list
     proc = subprocess.Popen([sys.executable, "-m", "competition.experiment", "big", *overrides], cwd=home, env=env,
                             stdout=subprocess.DEVNULL, stderr=open(home / "run.log", "w"))
     peak: dict[int, dict] = {}
-    while proc.poll() is None:
-        for pid in tree(proc.pid):
-            now = status(pid)
-            if now:
-                old = peak.setdefault(pid, dict.fromkeys(now, 0))
-                peak[pid] = {k: max(old[k], now[k]) for k in now}
-        time.sleep(0.2)
+    with open(home / "rss.csv", "w") as trace:  # time, pid, RSS, anon MB: which phase a peak belongs to (run.log's clock)
+        while proc.poll() is None:
+            for pid in tree(proc.pid):
+                now = status(pid)
+                if now:
+                    old = peak.setdefault(pid, dict.fromkeys(now, 0))
+                    peak[pid] = {k: max(old[k], now[k]) for k in now}
+                    trace.write(f"{time.strftime('%H:%M:%S')},{pid},{now['VmRSS']},{now['RssAnon']}\n")
+            time.sleep(0.2)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run's whole tree (workers are reaped by it)
     main = peak.pop(proc.pid, {"VmHWM": 0, "RssAnon": 0, "Private": 0})
@@ -169,15 +195,18 @@ def main() -> None:
     parser.add_argument("--malloc", nargs="+", default=["runsh", "glibc"], choices=sorted(MALLOC))
     parser.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. tta.tiles=3 tta.crops=1")
     parser.add_argument("--work", type=Path, default=Path("/tmp/large_photos_runs"))
+    parser.add_argument("--train", type=int, default=200, help="make: 1-8 MP training photos")
+    parser.add_argument("--test", type=int, default=60, help="make: 1-8 MP test photos")
+    parser.add_argument("--huge", type=int, default=0, help="make: 20-85 MP JPEG/PNG files added (half to test)")
     args = parser.parse_args()
     if args.action == "make":
-        make(args.data)
+        make(args.data, args.train, args.test, n_huge=args.huge)
         return
     rows = []
     for setting in args.malloc:  # one at a time: two runs at once on 2 cores would distort both
         rows.append(run_once(args.data, setting, args.set, args.work))
         print(rows[-1], flush=True)  # noqa: T201
-    table("Whole run on 1-8 MP photos (peak RSS MB; CPU minutes of the whole process tree)",
+    table(f"Whole run on {args.data} (peak RSS MB; CPU minutes of the whole process tree)",
           ["malloc", "overrides", "exit", "main peak RSS", "main peak anon", "worker peak RSS",
            "worker peak private", "workers", "wall min", "user min", "sys min", "page faults (M)", "OOF AUC"], rows)
 

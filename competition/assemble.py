@@ -36,19 +36,29 @@ def require_finished(cfg: Config, out: Path, folds: list[int]) -> None:
 
 
 def write_fold_outputs(cfg: Config, fold_dir: Path, val: pd.DataFrame, test: pd.DataFrame, oof, tst,
-                       seconds: float) -> None:
-    """fold{k}/oof.csv, test.csv (every row, with decode errors) and result.json."""
+                       seconds: float, test_like: np.ndarray | None = None, adapted: dict | None = None) -> None:
+    """fold{k}/oof.csv, test.csv (every row, with decode errors) and result.json; test_like: the validation rows'
+    probabilities when re-encoded like test images (competition.test_encoding), column prob_test_like; adapted
+    (tta.adapt_bn, competition.adapt): its test_like -> column prob_test_like_adapted, recorded in result.json."""
     fold = int(fold_dir.name[4:])
-    write_csv(fold_dir / "oof.csv", pd.DataFrame({
+    frame = pd.DataFrame({
         "id": val["id"].values, "fold": fold, "target": val["label"].values, "prob": oof.prob,
-        "prob_identity": oof.prob_identity, "error": [oof.errors.get(i, "") for i in range(len(val))]}))
+        "prob_identity": oof.prob_identity, "error": [oof.errors.get(i, "") for i in range(len(val))]})
+    if test_like is not None:
+        frame["prob_test_like"] = test_like
+    if adapted is not None and adapted["test_like"] is not None:
+        frame["prob_test_like_adapted"] = adapted["test_like"]
+    write_csv(fold_dir / "oof.csv", frame)
     write_csv(fold_dir / "test.csv", pd.DataFrame({
         "id": test["id"].values, "prob": tst.prob, "error": [tst.errors.get(i, "") for i in range(len(test))]}))
-    write_fold_result(cfg, fold_dir, val["label"].to_numpy(), oof, seconds)
+    write_fold_result(cfg, fold_dir, val["label"].to_numpy(), oof, seconds,
+                      adapted and {"batchnorm_layers": adapted["batchnorm_layers"]})
 
 
-def write_fold_result(cfg: Config, fold_dir: Path, target: np.ndarray, oof, seconds: float) -> None:
-    """fold{k}/result.json: scores (TTA and identity view), best epoch and timings."""
+def write_fold_result(cfg: Config, fold_dir: Path, target: np.ndarray, oof, seconds: float,
+                      adapt_bn: dict | None = None) -> None:
+    """fold{k}/result.json: scores (TTA and identity view), best epoch and timings; adapt_bn: present when the
+    predictions were made with tta.adapt_bn (competition.adapt.adapted_fold reads it)."""
     metric = cfg.competition.metric
     history = pd.read_csv(fold_dir / "log.csv")
     best_epoch = torch.load(fold_dir / "best.pt", map_location="cpu", weights_only=True)["epoch"]
@@ -57,6 +67,8 @@ def write_fold_result(cfg: Config, fold_dir: Path, target: np.ndarray, oof, seco
               **score_all(target, oof.prob), "train_s": float(history["epoch_s"].sum()), "predict_s": seconds}
     if pseudo_file(fold_dir).is_file():
         result["pseudo_rows"] = len(pd.read_csv(pseudo_file(fold_dir)))
+    if adapt_bn:
+        result["adapt_bn"] = adapt_bn
     write_json(fold_dir / "result.json", result)
     log.info("%s done: OOF %s %.5f (identity %.5f)%s", fold_dir.name, metric, result["score"], result["score_identity"],
              " at threshold 0.5; the experiment's threshold is tuned on all folds' OOF" if metric in THRESHOLD_METRICS else "")
@@ -75,10 +87,11 @@ def read_folds(out: Path, folds_run: list[int], test: pd.DataFrame) -> tuple[pd.
     return oof, tests, results
 
 
-def assemble(cfg: Config, out: Path, folds_run: list[int], n_folds: int, test: pd.DataFrame, wall_s: float) -> dict:
+def assemble(cfg: Config, out: Path, folds_run: list[int], n_folds: int, test: pd.DataFrame, wall_s: float,
+             encoding: dict | None = None) -> dict:
     """The experiment's outputs from its finished folds (refused while one is missing); metrics.json's content."""
     require_finished(cfg, out, folds_run)
-    metrics = write_outputs(cfg, out, folds_run, n_folds, test, wall_s)
+    metrics = write_outputs(cfg, out, folds_run, n_folds, test, wall_s, encoding)  # encoding: the test profile
     log.info("%s: assembled %d fold(s): OOF %s %.5f (folds %.5f +- %.5f), TTA gain %+.5f, %.1f min", cfg.name,
              len(folds_run), metrics["score_note"], metrics["oof_score"], metrics["fold_mean"], metrics["fold_std"],
              metrics["tta"]["gain"], wall_s / 60)
@@ -86,17 +99,23 @@ def assemble(cfg: Config, out: Path, folds_run: list[int], n_folds: int, test: p
 
 
 def write_outputs(cfg: Config, out: Path, folds_run: list[int], n_folds: int, test: pd.DataFrame,
-                  wall_s: float) -> dict:
+                  wall_s: float, encoding: dict | None = None) -> dict:
     """Gather fold outputs into oof.csv, test.csv (fold mean), bad-image lists and metrics.json."""
     oof, fold_tests, results = read_folds(out, folds_run, test)
     test_prob = np.mean([f["prob"].to_numpy(dtype=float) for f in fold_tests], axis=0)
-    write_csv(out / "oof.csv", oof[["id", "fold", "target", "prob"]])
+    check_adaptation(cfg, out, folds_run, results)
+    like = [c for c in ("prob_test_like", "prob_test_like_adapted") if c in oof and oof[c].notna().all()]
+    write_csv(out / "oof.csv", oof[["id", "fold", "target", "prob", *like]])  # test-like: when every fold has it
     write_csv(out / "test.csv", pd.DataFrame({"id": test["id"].values, "prob": test_prob}))
     bad = {"train": oof.loc[oof["error"] != "", ["id", "error"]],
            "test": fold_tests[0].loc[fold_tests[0]["error"] != "", ["id", "error"]]}
     write_csv(out / "bad_train_images.csv", bad["train"])
     write_csv(out / "bad_test_images.csv", bad["test"])
     metrics = summarize(cfg, oof, results, folds_run, n_folds, wall_s, test_prob)
+    if "prob_test_like" in like:
+        metrics["oof_test_like"] = test_like_scores(cfg, oof, metrics, encoding)
+    if cfg.tta.adapt_bn:
+        metrics["adapt_bn"] = adapt_bn_scores(cfg, oof, metrics, results, "prob_test_like_adapted" in like)
     metrics.update(bad_train_images=len(bad["train"]), bad_test_images=len(bad["test"]))
     write_json(out / "metrics.json", metrics)
     if cfg.competition.metric in THRESHOLD_METRICS:
@@ -130,6 +149,49 @@ def summarize(cfg: Config, oof: pd.DataFrame, results: list[dict], folds_run: li
         "augment": cfg.data.augment, "epochs": cfg.train.epochs, "epochs_run": [r["epochs_run"] for r in results],
         "select_by": select_metric(cfg), "train_s": float(sum(r["train_s"] for r in results)), "wall_s": wall_s,
     }
+
+
+def test_like_scores(cfg: Config, oof: pd.DataFrame, metrics: dict, encoding: dict | None) -> dict:
+    """metrics.json's oof_test_like: the OOF scored on validation images re-encoded like the test images, at the
+    experiment's threshold; gap = how much better the plain OOF looks (plain - test-like; flipped for lower-is-better
+    metrics); the test encoding profile's summary (competition.test_encoding)."""
+    metric, threshold = cfg.competition.metric, metrics["threshold"]
+    target, prob = oof["target"].to_numpy(), oof["prob_test_like"].to_numpy(dtype=float)
+    value = score(metric, target, prob, threshold)
+    gap = metrics["oof_score"] - value if greater_is_better(metric) else value - metrics["oof_score"]
+    log.info("%s: OOF test-like %s %.5f (plain %.5f, gap %+.5f)", cfg.name, metric, value, metrics["oof_score"], gap)
+    return {"score": value, "metrics": score_all(target, prob, threshold), "gap": gap,
+            "profile": (encoding or {}).get("summary", {})}
+
+
+def check_adaptation(cfg: Config, out: Path, folds_run: list[int], results: list[dict]) -> None:
+    """Refuse to gather folds predicted with another tta.adapt_bn than the config's, saying how to recompute them."""
+    other = [k for k, r in zip(folds_run, results) if bool(r.get("adapt_bn")) != cfg.tta.adapt_bn]
+    if other:
+        raise DataError(f"{out}: fold(s) {other} were predicted with tta.adapt_bn={not cfg.tta.adapt_bn}, the config "
+                        f"says {cfg.tta.adapt_bn}; run `./run.sh {cfg.name}` (it recomputes their predictions from "
+                        f"their checkpoints, no retraining), or set tta.adapt_bn back")
+
+
+def adapt_bn_scores(cfg: Config, oof: pd.DataFrame, metrics: dict, results: list[dict], scored: bool) -> dict:
+    """metrics.json's adapt_bn: BatchNorm layers adapted, and the OOF test-like score without / with adaptation (on
+    the validation rows re-encoded like the test) and the gain (positive = better), at the experiment's threshold;
+    scores None without a test-like OOF (data.test_like_oof)."""
+    layers = results[0].get("adapt_bn", {}).get("batchnorm_layers", 0) if results else 0
+    summary = {"batchnorm_layers": layers, "oof_test_like": None, "oof_test_like_adapted": None, "gain": None}
+    if not scored:
+        return summary
+    metric, target = cfg.competition.metric, oof["target"].to_numpy()
+    without, with_ = (score(metric, target, oof[c].to_numpy(dtype=float), metrics["threshold"])
+                      for c in ("prob_test_like", "prob_test_like_adapted"))
+    gain = with_ - without if greater_is_better(metric) else without - with_
+    log.info("%s: tta.adapt_bn: OOF test-like %s %.5f -> %.5f adapted (gain %+.5f, %d BatchNorm layers)", cfg.name,
+             metric, without, with_, gain, layers)
+    if gain < 0:
+        log.warning("%s: tta.adapt_bn made the test-like OOF worse (%s %.5f -> %.5f): the test predictions are adapted "
+                    "too; set tta.adapt_bn=false unless the test set is far larger or more shifted than the validation "
+                    "rows", cfg.name, metric, without, with_)
+    return {**summary, "oof_test_like": without, "oof_test_like_adapted": with_, "gain": gain}
 
 
 def warn_bad_images(bad: dict[str, pd.DataFrame], out: Path) -> None:

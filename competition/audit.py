@@ -25,7 +25,7 @@ from PIL import Image, JpegImagePlugin
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in a notebook, the terminal bar elsewhere
 
 from competition import cli, options, outputs
 from competition.atomic import write_json, write_text

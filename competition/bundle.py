@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 MANIFEST = "kit-bundle.json"  # marks a bundle folder (the Kaggle job finds its bundle by this file)
 TARGET_PROVIDES = {"torch", "torchvision"}  # CUDA builds matched to the target's driver: never bundled
 NOT_FOR_TRAINING = {"pytest", "playwright", "fastapi", "uvicorn", "python-multipart", "kaggle", "six",
-                    "onnx", "onnxruntime", "onnxscript"}  # tests, serving, upload, export: not needed to train
+                    "onnx", "onnxruntime", "onnxscript",  # tests, serving, upload, export: not needed to train
+                    "mlflow-skinny"}  # experiment tracking (optional, competition.tracking)
 CODE = ("competition", "run.sh", "requirements.txt")  # what of the kit's checkout a bundle carries
 
 
@@ -210,6 +211,20 @@ def download_wheels(pins: dict[str, str], dest: Path, python_version: str = "", 
     return wheels
 
 
+def requirements_and_wheels(work: Path, wheels: bool = True, target_freeze: Path | None = None,
+                            python_version: str = "", platform: str = "", repo: Path = REPO) -> dict:
+    """work/requirements.txt (what training needs from a registry) and, when wheels, their pinned wheels in
+    work/wheels/ (less what target_freeze says the target has); the manifest's python/pins/wheels entries."""
+    reqs = training_requirements(repo / "requirements.txt")
+    pins = closure(reqs)
+    have = read_freeze(target_freeze) if target_freeze else {}
+    needed = {n: v for n, v in pins.items() if have.get(n) != v}
+    write_text(work / "requirements.txt", "\n".join(map(str, reqs)) + "\n")
+    wheel_files = download_wheels(needed, work / "wheels", python_version, platform) if wheels else []
+    return {"python": python_version or f"{sys.version_info.major}.{sys.version_info.minor}", "pins": pins,
+            "wheels_left_out": sorted(set(pins) - set(needed)) if wheels else sorted(pins), "wheels": wheel_files}
+
+
 def row_counts(cfg: Config, project: Project) -> dict:
     """Training and test row counts (and id digests) when the competition's data is here; {} otherwise."""
     from competition.tables import load_test_table, load_train_table
@@ -266,17 +281,11 @@ def build_bundle(project: Project, name: str, dest: Path, wheels: bool = True, t
     code = copy_code(repo, work / "kit", allow_dirty)
     project_files = copy_project(project, cfg, work / "kit")
     weights = copy_weights(project, cfg, work / "weights")
-    reqs = training_requirements(repo / "requirements.txt")
-    pins = closure(reqs)
-    have = read_freeze(target_freeze) if target_freeze else {}
-    needed = {n: v for n, v in pins.items() if have.get(n) != v}
-    write_text(work / "requirements.txt", "\n".join(map(str, reqs)) + "\n")
-    wheel_files = download_wheels(needed, work / "wheels", python_version, platform) if wheels else []
+    deps = requirements_and_wheels(work, wheels, target_freeze, python_version, platform, repo)
+    wheel_files = deps["wheels"]
     manifest = {"experiment": name, "competition": cfg.competition.name, "slug": cfg.competition.slug,
                 "train_csv": cfg.competition.train_csv, "created": time.strftime("%Y-%m-%d %H:%M:%S"), **code,
-                "python": python_version or f"{sys.version_info.major}.{sys.version_info.minor}",
-                "pins": pins, "wheels_left_out": sorted(set(pins) - set(needed)) if wheels else sorted(pins),
-                "wheels": wheel_files, "weights": weights, "project_files": project_files,
+                **deps, "weights": weights, "project_files": project_files,
                 "pretrained_file": Path(cfg.model.pretrained_file).name if cfg.model.pretrained_file else "",
                 **row_counts(cfg, project)}
     write_text(work / "README.md", README.format(name=name, when=manifest["created"], commit=code["commit"][:12],

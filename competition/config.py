@@ -121,6 +121,10 @@ class DataConfig:
     on_bad_image: Literal["skip", "fail"] = "skip"  # skip (log, count, list) | fail (stop before training)
     normalize_encoding: dict = field(default_factory=dict)  # e.g. {format: jpeg, quality: 90}: re-encode every
     # image (both classes, train and test) in memory before augmentation, hiding the original encoding
+    test_like_oof: Literal["auto", "on", "off"] = "auto"  # also score OOF on validation images re-encoded like the test
+    # images (competition.test_encoding; metrics.json oof_test_like); auto: when the test set is encoded differently
+    match_test: Probability = 0.0  # share of training images re-encoded like a test image (format, quality, size
+    # drawn from the test profile) on top of the preset, instead of its JPEG range for those images; needs a test set
 
 
 @dataclass(frozen=True)
@@ -178,8 +182,11 @@ class TTAConfig:
     tiles: Annotated[int, Range(ge=0, le=8)] = 0  # n > 0: an n x n grid of native img_size tiles spread evenly
     # over the whole image (covering it when n x img_size >= its sides) plus the centre crop, averaged; needs crops: 1
     max_batch: Annotated[int, Range(ge=0)] = 0  # images per forward pass (batch x views x crops is split to fit);
-    # 0 = 2 x train.batch_size: inference stores no activations, so twice what trains fits (at 256, a 224 px
-    # tf_efficientnet_lite0 forward alone held ~2.5 GB on CPU)
+    # 0 = train.batch_size (a 64-image 224 px tf_efficientnet_lite0 forward, more than a 32-image training step,
+    # held ~3.3 GB on CPU; at 256 the old cap's forward held ~2.5 GB on CPU)
+    adapt_bn: bool = False  # AdaBN: re-estimate each fold model's BatchNorm statistics on the test images before
+    # predicting them (competition.adapt; no label read, no weight trained); metrics.json's adapt_bn scores it on the
+    # validation rows re-encoded like the test. Changes predictions, not training; a model without BatchNorm: no-op
 
 
 @dataclass(frozen=True)
@@ -189,6 +196,15 @@ class PseudoConfig:
     # rows never reach the student through a teacher that trained on them. "" = off
     threshold: Annotated[float, Range(gt=0.5, lt=1.0)] = 0.98  # a test image is used when the teacher's fold model
     # says p >= threshold (label 1) or p <= 1 - threshold (label 0); the rows used go to fold{k}/pseudo.csv
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    backend: Literal["none", "mlflow"] = "none"  # experiment tracker that each assembled experiment and blend is
+    # logged to (competition.tracking): mlflow needs `pip install mlflow-skinny`; none imports and writes nothing
+    uri: str = ""  # mlflow store: a folder (relative to the project; made if missing) or an mlflow URI
+    # (file:/..., or sqlite:///... with the full mlflow package); "" = .kit/mlruns in the project (offline)
+    experiment: str = ""  # tracker experiment the runs are filed under; "" = competition.name
 
 
 @dataclass(frozen=True)
@@ -202,13 +218,18 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 # Where and how a run executes, not what it computes: a run started on CPU may be finished on a GPU machine.
 RUNTIME_KEYS = (("train", "folds"), ("train", "device"), ("train", "threads"), ("train", "compile"),
                 ("data", "num_workers"), ("data", "cache_dir"), ("competition", "data_dir"), ("model", "weights_dir"),
                 ("model", "pretrained_file"), ("tta", "max_batch"), ("folds", "audit"), ("folds", "shift_check"),
-                ("folds", "shift_sample"))
+                ("folds", "shift_sample"), ("data", "test_like_oof"),
+                ("tracking", "backend"), ("tracking", "uri"), ("tracking", "experiment"))  # tracking: where results go
+# What a finished fold's predictions depend on but not its training: a resumed run with another value recomputes the
+# folds' predictions from their checkpoints (no retraining) instead of asking for --restart; assemble refuses a mix.
+PREDICTION_KEYS = (("tta", "adapt_bn"),)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -30,8 +30,13 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, paths: list[str], labels: np.ndarray | None, transform, cache: ImageCache | None = None,
-                 encoding: dict | None = None, crop_store=None):
+                 encoding: dict | None = None, crop_store=None, image_filter=None, keys: list[str] | None = None):
         self.paths = list(paths)
+        # image_filter(image, key) -> image or (image, transform): applied to each decoded image before re-encoding
+        # (competition.test_encoding: re-encode like a test image); a returned transform augments that image instead
+        # of `transform`. key: keys[i] (default the path), + "@<epoch seed>" in a seeded training epoch. Never with
+        # a crop store (its windows are cut before the filter could see the whole image).
+        self.image_filter, self.keys = image_filter, list(keys) if keys is not None else self.paths
         self.labels = np.zeros(len(self.paths), np.float32) if labels is None else np.asarray(labels, np.float32)
         self.transform = transform
         self.cache = cache
@@ -69,14 +74,24 @@ class ImageDataset(Dataset):
         """What the model gets for a decoded image: re-encoding (when configured), the transform, a uint8 tensor."""
         return self.augment(normalize_encoding(image, self.encoding))
 
-    def augment(self, image: np.ndarray) -> torch.Tensor:
+    def augment(self, image: np.ndarray, transform=None) -> torch.Tensor:
         """The transform (reseeded once per epoch in each worker) on re-encoded pixels, as a uint8 tensor."""
         seed = int(self.epoch_seed[0])
-        if seed != self._seeded and seed >= 0 and hasattr(self.transform, "set_random_seed"):
+        if seed != self._seeded and seed >= 0:
             info = torch.utils.data.get_worker_info()
-            self.transform.set_random_seed((seed * 1_000_003 + (info.id + 1 if info else 0)) % 2**32)
+            for each in (self.transform, getattr(self.image_filter, "transform", None)):
+                if hasattr(each, "set_random_seed"):
+                    each.set_random_seed((seed * 1_000_003 + (info.id + 1 if info else 0)) % 2**32)
             self._seeded = seed
-        return to_tensor(self.transform(image=image)["image"])
+        return to_tensor((transform or self.transform)(image=image)["image"])
+
+    def filtered(self, index: int, image: np.ndarray) -> tuple[np.ndarray, object]:
+        """A decoded row through image_filter (when set): (image, the transform to augment it with or None)."""
+        if self.image_filter is None:
+            return image, None
+        seed = int(self.epoch_seed[0])
+        out = self.image_filter(image, self.keys[index] if seed < 0 else f"{self.keys[index]}@{seed}")
+        return out if isinstance(out, tuple) else (out, None)
 
     def encoded(self, index: int) -> np.ndarray:
         """A row decoded and re-encoded as configured (what a crop cache stores windows of)."""
@@ -89,7 +104,8 @@ class ImageDataset(Dataset):
     def sample(self, index: int) -> torch.Tensor:
         """The model input of a row: from the crop cache when there is one, else decoded now."""
         if self.crop_store is None:
-            return self.prepare(self.load(index))
+            image, transform = self.filtered(index, self.load(index))
+            return self.augment(normalize_encoding(image, self.encoding), transform)
         epoch = int(self.epoch_seed[1])
         if getattr(self.crop_store, "windows", False):
             return self.augment(self.crop_store.get(index, self.encoded, epoch))

@@ -19,7 +19,7 @@ import timm
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in a notebook, the terminal bar elsewhere
 
 from competition.config import Config, ModelConfig, listed_models
 from competition.decode import BadImageError, decode_image

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from competition import cli, options
 from competition.atomic import write_csv, write_json
-from competition.config import CompetitionConfig, is_override, load_config
+from competition.config import CompetitionConfig, TrackingConfig, is_override, load_config
 from competition.errors import KitError
 from competition.leaderboard import (SCOPE_FIELDS, DataCheck, data_problem, experiment_scope, member_state,
                                      missing_outputs, read_json, scope_title, write_leaderboard)
@@ -46,6 +46,7 @@ from competition.metrics import (THRESHOLD_METRICS, best_threshold, get_metric, 
 from competition.paths import experiment_arg
 from competition.project import Project, typed_folder
 from competition.submission import Evidence, SubmissionError, build_submission, write_submission
+from competition.tracking import log_blend
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Members:
     test_ids: pd.Series
     metric: str
     member_scores: list[dict] = field(default_factory=list)
+    oof_test_like: np.ndarray | None = None  # (n_train, n_members) prob_test_like, when every member has it
 
 
 def load_oof(project: Project, name: str) -> pd.DataFrame:
@@ -220,9 +222,31 @@ def load_members(project: Project, names: list[str], metric: str) -> Members:
                       test=np.column_stack([t["prob"].to_numpy(float) for t in tests]),
                       target=ref["target"].to_numpy(int), fold=ref["fold"].to_numpy(int), ids=ref["id"],
                       test_ids=ref_test["id"], metric=metric)
+    members.oof_test_like = test_like_matrix(oofs)
     for j, name in enumerate(names):
         members.member_scores.append(member_score(name, members.oof[:, j], members.target, members.fold, metric))
     return members
+
+
+def test_like_matrix(oofs: list[pd.DataFrame]) -> np.ndarray | None:
+    """The members' prob_test_like columns (validation images re-encoded like the test images), aligned like their
+    OOF; None unless every member has a complete one (competition.test_encoding)."""
+    if not all("prob_test_like" in o for o in oofs):
+        return None
+    matrix = np.column_stack([pd.to_numeric(o["prob_test_like"], errors="coerce").to_numpy(float) for o in oofs])
+    return None if np.isnan(matrix).any() else matrix
+
+
+def test_like_score(members: Members, method: str, calibration: str) -> dict | None:
+    """The blend's honest score on the test-like OOF: the same nested CV (method, calibration) on the prob_test_like
+    matrix; None unless every member has the column."""
+    if members.oof_test_like is None:
+        return None
+    result = nested_cv(method, members.oof_test_like, members.target, members.fold, members.metric, calibration)
+    result.pop("held_out", None)
+    print(f"{method + ' on test-like OOF':<28} {result['mean']:>12.5f} ± {result['std']:.5f} "  # noqa: T201 - CLI answer
+          f"{result['pooled']:>14.5f}   (validation images re-encoded like the test images)")
+    return result
 
 
 def member_score(name: str, prob: np.ndarray, y: np.ndarray, fold: np.ndarray, metric: str) -> dict:
@@ -289,11 +313,22 @@ def report(members: Members, results: list[dict], chosen: dict, honest: dict) ->
 SETTINGS = ("members", "selected_by", "metric", "calibration", "submission_values")  # a blend file's identity
 
 
+def refuse_case_twin(csv_path: Path, name: str) -> None:
+    """Refuse a blend name equal to an existing one except for case (same Kaggle slug, same file on macOS/Windows)."""
+    folder = csv_path.parent
+    twins = sorted({p.stem for p in folder.glob("*.json") if p.stem.lower() == name.lower() and p.stem != name}
+                   | {p.stem for p in folder.glob("*.csv") if p.stem.lower() == name.lower() and p.stem != name})
+    if twins:
+        raise EnsembleError(f"--name {name}: {folder / (twins[0] + '.csv')} differs only by case (same Kaggle slug) "
+                            f"- pick another name, or pass --name {twins[0]} (with --force) to replace it")
+
+
 def check_destination(project: Project, name: str, settings: dict, force: bool) -> Path:
     """submissions/<name>.csv, unless it (or its sidecar) holds something else than a blend with these settings:
     then refused naming the file, --name and --force (a re-blend with identical settings overwrites its own file)."""
     csv_path = project.submission_file(name)
     side = csv_path.with_suffix(".json")
+    refuse_case_twin(csv_path, name)
     if force or not (csv_path.exists() or side.exists()):
         return csv_path
     saved = read_json(side) if side.is_file() else None
@@ -305,7 +340,7 @@ def check_destination(project: Project, name: str, settings: dict, force: bool) 
     differ += [f"{k} {scope[k]} -> {settings['scope'][k]}" for k in SCOPE_FIELDS
                if scope.get(k) and settings["scope"].get(k) and scope[k] != settings["scope"][k]]
     if differ:
-        raise EnsembleError(f"{csv_path} holds a blend with other settings ({'; '.join(differ)}) - pass --name NAME to "
+        raise EnsembleError(f"{csv_path} holds a blend with other settings ({'; '.join(dict.fromkeys(differ))}) - pass --name NAME to "
                             f"keep both, or --force to overwrite it")
     return csv_path
 
@@ -322,7 +357,7 @@ def blend_evidence(project: Project, names: list[str], oof_rate: float) -> Evide
 
 
 def blend_experiments(project: Project, names: list[str], method: str, comp: CompetitionConfig, name: str = "",
-                      calibrate: str = "auto", force: bool = False) -> dict:
+                      calibrate: str = "auto", force: bool = False, tracking: TrackingConfig | None = None) -> dict:
     """Blend, score, write submissions/<name>.csv + .json (with the fitted blend), refresh the leaderboard."""
     for member in names:
         check_member(project, member)
@@ -339,6 +374,7 @@ def blend_experiments(project: Project, names: list[str], method: str, comp: Com
     csv_path = check_destination(project, name or f"blend_{'_'.join(names)}_{method}", settings, force)
     results, chosen, honest = evaluate(auto_methods(len(names)) if method == "auto" else [method], members, calibrate)
     print(report(members, results, chosen, honest))  # noqa: T201 - the CLI's answer
+    like = test_like_score(members, chosen["method"], calibrate)  # printed beside the plain score
     blend: Blend = chosen["blend"].with_reference(members.test)
     prob = blend.apply(members.test)
     rates = positive_rates(chosen["blend"].apply(members.oof), prob, blend.threshold)
@@ -356,12 +392,13 @@ def blend_experiments(project: Project, names: list[str], method: str, comp: Com
         **settings, "method": chosen["method"], "blend": blend.to_dict(),
         "score_note": score_note(comp.metric, blend.threshold),
         "nested": honest, "in_sample": chosen["in_sample"], "oof_score": chosen["in_sample"],
+        "nested_test_like": like,
         "threshold": blend.threshold, "positive_rate": rates, "member_scores": members.member_scores,
         "member_inputs": {n: member_state(project.experiment_dir(n)) for n in names},
         "no_prediction": evidence.no_prediction, "rows": len(frame), "git_commit": _git_commit(),
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_blend_files(project, csv_path, sidecar, members, results, chosen)
+    write_blend_files(project, csv_path, sidecar, members, results, chosen, tracking)
     if comp.metric in THRESHOLD_METRICS or comp.submission_values == "label":
         warn_positive_rates(rates, blend.threshold, csv_path.name)
     log.info("submission %s: %s (%s), nested %s: fold mean %.5f ± %.5f (pooled %.5f), in-sample %.5f", csv_path,
@@ -371,8 +408,8 @@ def blend_experiments(project: Project, names: list[str], method: str, comp: Com
 
 
 def write_blend_files(project: Project, csv_path: Path, sidecar: dict, members: Members, results: list[dict],
-                      chosen: dict) -> None:
-    """<name>.oof.csv (nested and in-sample OOF), <name>.json (the sidecar), then the leaderboard."""
+                      chosen: dict, tracking: TrackingConfig | None = None) -> None:
+    """<name>.oof.csv (nested and in-sample OOF), <name>.json (the sidecar), the leaderboard, then the tracker."""
     write_csv(csv_path.with_suffix(".oof.csv"), pd.DataFrame({
         "id": members.ids.values, "fold": members.fold, "target": members.target,
         "nested": sidecar["nested"].pop("held_out"), "in_sample": chosen["blend"].apply(members.oof)}))
@@ -382,6 +419,7 @@ def write_blend_files(project: Project, csv_path: Path, sidecar: dict, members: 
                                 for r in results]
     write_json(csv_path.with_suffix(".json"), sidecar)
     write_leaderboard(project)
+    log_blend(tracking, project, csv_path, sidecar)  # tracking.backend: after the blend's files are written
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -408,10 +446,11 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     def body() -> int:
         nonlocal project
         project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
-        comp = load_config("", overrides, project, check_model=False).competition
+        cfg = load_config("", overrides, project, check_model=False)
+        comp = cfg.competition
         members = [experiment_arg(n, project) for n in names]  # a name, or experiments/<name>.yaml typed from anywhere
         name = blend_name(args.name, project) if args.name else ""
-        blend_experiments(project, members, args.method, comp, name, args.calibrate, args.force)
+        blend_experiments(project, members, args.method, comp, name, args.calibrate, args.force, cfg.tracking)
         return 0
 
     return cli.run(body)

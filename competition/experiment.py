@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from competition import cli, options
+from competition.adapt import adapt_batchnorm, batchnorm_layers, stale_predictions
 from competition.assemble import assemble, write_fold_outputs
 from competition.atomic import remove_stale_temps, write_csv, write_json
 from competition.augment import build_eval_transform, build_train_transform
@@ -45,6 +46,8 @@ from competition.project import Project
 from competition.pseudo import join, log_selection, pseudo_file, select_pseudo, teacher_predictions
 from competition.run_folder import (check_decodable, check_inputs_unchanged, experiment_lock, fold_done,
                                     inputs_fingerprint, open_outputs, open_shared_outputs, output_dir)
+from competition.test_encoding import match_test_filter, run_profile, test_like_dataset, wants_test_like
+from competition.tracking import check_tracking, log_experiment
 from competition.train import FoldInputs, epoch_seed, train_fold
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,7 @@ T = TypeVar("T")
 
 
 def fold_inputs(cfg: Config, fold: int, train: pd.DataFrame, cache: ImageCache | None,
-                crop_dir: Path | None = None, extra: Dataset | None = None) -> FoldInputs:
+                crop_dir: Path | None = None, extra: Dataset | None = None, encoding: dict | None = None) -> FoldInputs:
     """The training and validation datasets of one fold (train preset / identity eval geometry); with crop_dir,
     training reads native windows and validation stored centre crops from competition.crop_cache there; `extra`
     (pseudo-labelled test rows) is appended to the training rows."""
@@ -66,7 +69,8 @@ def fold_inputs(cfg: Config, fold: int, train: pd.DataFrame, cache: ImageCache |
                                epoch_seed(cfg.train.seed, fold, -2), cfg.data.normalize_encoding, crop_dir)
         val_crops = EvalCrops(val_paths, build_eval_transform(cfg.data), cfg.data.normalize_encoding, crop_dir)
     train_ds = ImageDataset(trn_paths, trn["label"].to_numpy(), build_train_transform(cfg.data),
-                            sub(np.flatnonzero(~is_val)), encoding=cfg.data.normalize_encoding, crop_store=windows)
+                            sub(np.flatnonzero(~is_val)), encoding=cfg.data.normalize_encoding, crop_store=windows,
+                            image_filter=match_test_filter(cfg, encoding, cfg.train.seed))  # data.match_test
     val_ds = eval_dataset(cfg, val_paths, val["label"].to_numpy(), sub(np.flatnonzero(is_val)), tta=False,
                           crop_store=val_crops)
     return FoldInputs(fold=fold, train=join(train_ds, extra), val=val_ds, val_target=val["label"].to_numpy(),
@@ -78,17 +82,84 @@ def run_fold(cfg: Config, project: Project, fold: int, run: "Run", out: Path) ->
     fold_dir, t0 = out / f"fold{fold}", time.perf_counter()
     train, test, device, dist = run.train, run.test, run.device, run.dist
     extra = pseudo_rows(cfg, project, fold, run, fold_dir) if cfg.pseudo.teacher else None
-    inputs = main_first(dist, lambda: fold_inputs(cfg, fold, train, run.caches["train"], run.crop_dir, extra))  # rank 0
+    inputs = main_first(dist, lambda: fold_inputs(cfg, fold, train, run.caches["train"], run.crop_dir, extra,
+                                                           run.encoding))  # rank 0
     # creates the crop stores (if any) before the other ranks open them
     model = load_detector(train_fold(cfg, inputs, fold_dir, device, project, dist), device, project)
     val = train[(train["fold"] == fold).to_numpy()]
     oof = predict_dataset(model, eval_dataset(cfg, inputs.val.paths, cache=inputs.val.cache), cfg, device,
                           inputs.prior, desc=f"fold {fold} OOF TTA", dist=dist)
-    tst = predict_dataset(model, eval_dataset(cfg, test["path"].tolist(), cache=run.caches["test"]), cfg, device,
-                          inputs.prior, desc=f"fold {fold} test TTA", dist=dist)
+    oof_like = test_like_oof(cfg, run, model, val, inputs.prior, oof.prob, fold)  # None unless data.test_like_oof
+    adapted = adapted_predictions(cfg, run, model, val, inputs, fold) if cfg.tta.adapt_bn else None  # tta.adapt_bn
+    tst = adapted["test"] if adapted else predict_dataset(
+        model, eval_dataset(cfg, test["path"].tolist(), cache=run.caches["test"]), cfg, device, inputs.prior,
+        desc=f"fold {fold} test TTA", dist=dist)
     if dist.is_main:
-        write_fold_outputs(cfg, fold_dir, val, test, oof, tst, time.perf_counter() - t0)
+        write_fold_outputs(cfg, fold_dir, val, test, oof, tst, time.perf_counter() - t0, test_like=oof_like,
+                           adapted=adapted)
     dist.barrier()
+
+
+def adapted_predictions(cfg: Config, run: "Run", model, val: pd.DataFrame, inputs: FoldInputs, fold: int) -> dict:
+    """tta.adapt_bn (competition.adapt): `test`, the test predictions of the fold model adapted on the test images;
+    `test_like`, the validation rows re-encoded like the test (as they are when the test is encoded like train)
+    predicted by the model adapted on them (None without a test-like OOF); `batchnorm_layers`. Every rank adapts
+    on the whole set (same statistics everywhere), then predicts its shard."""
+    test_paths, prior = run.test["path"].tolist(), inputs.prior
+    on_test = adapt_batchnorm(model, eval_dataset(cfg, test_paths, cache=run.caches["test"], tta=False), cfg,
+                              run.device, f"fold {fold} adapt BN on test")
+    tst = predict_dataset(on_test, eval_dataset(cfg, test_paths, cache=run.caches["test"]), cfg, run.device, prior,
+                          desc=f"fold {fold} test TTA (adapted)", dist=run.dist)
+    out = {"test": tst, "test_like": None, "batchnorm_layers": len(batchnorm_layers(model))}
+    if wants_test_like(cfg.data.test_like_oof, run.encoding):
+        like = (test_like_dataset(cfg, val["path"].tolist(), val["id"].astype(str).tolist(), run.encoding,
+                                  cfg.train.seed) if run.encoding["shifted"]
+                else eval_dataset(cfg, inputs.val.paths, cache=inputs.val.cache))
+        on_like = adapt_batchnorm(model, like, cfg, run.device, f"fold {fold} adapt BN on test-like OOF")
+        out["test_like"] = predict_dataset(on_like, like, cfg, run.device, prior, dist=run.dist,
+                                           desc=f"fold {fold} OOF test-like (adapted)").prob
+    return out
+
+
+def test_like_oof(cfg: Config, run: "Run", model, val: pd.DataFrame, prior: float, plain: np.ndarray,
+                  fold: int) -> np.ndarray | None:
+    """prob_test_like of a fold's validation rows: the model on them re-encoded like test images (competition.
+    test_encoding, seeded by train.seed); the plain OOF when the test set is encoded like train; None when
+    data.test_like_oof does not ask for it."""
+    if not wants_test_like(cfg.data.test_like_oof, run.encoding):
+        return None
+    if not run.encoding["shifted"]:
+        return np.asarray(plain, float)
+    dataset = test_like_dataset(cfg, val["path"].tolist(), val["id"].astype(str).tolist(), run.encoding, cfg.train.seed)
+    return predict_dataset(model, dataset, cfg, run.device, prior, desc=f"fold {fold} OOF test-like", dist=run.dist).prob
+
+
+def with_finished_folds(out: Path, folds: list[int], n_folds: int) -> list[int]:
+    """The folds to assemble: those asked for plus every other finished fold in the folder, so a run of some folds
+    never rewrites a finished experiment's outputs with fewer folds."""
+    finished = [k for k in range(n_folds) if k not in folds and fold_done(out / f"fold{k}")]
+    if finished:
+        log.info("assembling the finished fold(s) %s too (outputs hold every finished fold)", finished)
+    return sorted({*folds, *finished})
+
+
+def add_test_like(cfg: Config, project: Project, out: Path, run: "Run", folds: list[int]) -> None:
+    """Resume/assemble: add prob_test_like to finished folds' oof.csv that lack it, from their best.pt (no retraining)."""
+    if not wants_test_like(cfg.data.test_like_oof, run.encoding):
+        return
+    for fold in folds:
+        fold_dir = out / f"fold{fold}"
+        if not ((fold_dir / "oof.csv").is_file() and (fold_dir / "best.pt").is_file()):
+            continue
+        oof = pd.read_csv(fold_dir / "oof.csv", dtype={"id": str, "error": str}, keep_default_na=False)
+        if "prob_test_like" in oof:
+            continue
+        val = run.train.set_index(run.train["id"].astype(str), drop=False).loc[oof["id"]]
+        prior = float(run.train.loc[(run.train["fold"] != fold).to_numpy(), "label"].mean())
+        model = load_detector(fold_dir / "best.pt", run.device, project)
+        oof["prob_test_like"] = test_like_oof(cfg, run, model, val, prior, oof["prob"].to_numpy(float), fold)
+        write_csv(fold_dir / "oof.csv", oof)
+        log.info("%s: added the test-like OOF column (data.test_like_oof=%s)", fold_dir.name, cfg.data.test_like_oof)
 
 
 def pseudo_rows(cfg: Config, project: Project, fold: int, run: "Run", fold_dir: Path) -> ImageDataset:
@@ -118,6 +189,7 @@ class Run:
     device: torch.device
     dist: Dist = SINGLE  # torchrun ranks training each fold together (rank 0 writes)
     crop_dir: Path | None = None  # where competition.crop_cache keeps native windows (None: large-image cache off)
+    encoding: dict | None = None  # the test set's encoding profile (competition.test_encoding) when the run needs it
 
 
 def on_main(dist: Dist, step: Callable[[], object]) -> None:
@@ -147,12 +219,17 @@ def prepare_run(cfg: Config, project: Project, out: Path, ood: bool, device: str
                                        for split, frame in (("train", train), ("test", test))})
     check_decodable(cfg, train, caches["train"])
     n_folds = int(train["fold"].max()) + 1 if ood else cfg.folds.n_splits
+    encoding = main_first(dist, lambda: run_profile(cfg, project, train, test))  # test-like OOF, data.match_test
     windows = wants_crop_cache(cfg.data.crop_cache, cfg.data.augment, cfg.data.img_size, train["path"].tolist())
+    if windows and cfg.data.match_test:
+        log.info("crop cache off: data.match_test re-encodes each whole decoded image like a test image (resize "
+                 "included), which stored windows cannot give")
+        windows = False
     if windows:
         log.info("crop cache on (data.crop_cache=%s): each training image is decoded once per %d epochs",
                  cfg.data.crop_cache, cfg.data.crop_cache_epochs)
     run = Run(train, test, caches, n_folds, pick_device(rank_device(dist, device or cfg.train.device)), dist,
-              cache_dir / "crops" if windows else None)
+              cache_dir / "crops" if windows else None, encoding)
     if run.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest convolution kernels once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 parts on tensor cores
@@ -166,7 +243,7 @@ def train_folds(cfg: Config, project: Project, out: Path, run: Run, folds: list[
     dist = run.dist
     for fold in folds:
         with experiment_lock(out / f"fold{fold}") if dist.is_main else nullcontext():
-            if dist.broadcast(fold_done(out / f"fold{fold}")):
+            if dist.broadcast(fold_done(out / f"fold{fold}") and not stale_predictions(cfg, out / f"fold{fold}")):
                 log.info("fold %d already done, skipping", fold)
                 continue
             if dist.is_main:
@@ -177,10 +254,11 @@ def train_folds(cfg: Config, project: Project, out: Path, run: Run, folds: list[
 
 def finish(cfg: Config, project: Project, out: Path, run: Run, folds: list[int], ood: bool, wall: float) -> dict:
     """Assemble every fold into the experiment's outputs (refused while a fold is missing), leaderboard, report."""
-    metrics = assemble(cfg, out, folds, run.n_folds, run.test, wall)
+    metrics = assemble(cfg, out, folds, run.n_folds, run.test, wall, run.encoding)
     write_leaderboard(project)
     if not ood:
         _write_report(project, cfg.name)
+    log_experiment(cfg, out, metrics, project)  # tracking.backend: after every output is written
     return metrics
 
 
@@ -201,6 +279,7 @@ def run_experiment(cfg: Config, project: Project, restart: bool = False, ood: bo
                           f"with `./run.sh {cfg.name} --restart` (add --folds K --no-assemble to train only some folds "
                           f"here); to assemble, leave --restart out")
     out = output_dir(cfg, project, ood)
+    check_tracking(cfg.tracking, project)  # a tracking.* mistake is refused now, not after the last fold
     if mode == "train":
         on_main(dist, lambda: open_shared_outputs(cfg, out, restart))
         run = prepare_run(cfg, project, out, ood, device, dist)
@@ -216,6 +295,8 @@ def run_experiment(cfg: Config, project: Project, restart: bool = False, ood: bo
             (workers or (lambda ks: train_folds(cfg, project, out, run, ks)))(folds)
         if not dist.is_main:
             return None
+        folds = with_finished_folds(out, folds, run.n_folds)  # `--folds 0` on a finished run keeps every fold
+        add_test_like(cfg, project, out, run, folds)  # finished folds made before the test-like column
         wall = wall_before + time.perf_counter() - t0
         write_json(wall_file, {"wall_s": wall})
         return finish(cfg, project, out, run, folds, ood, wall)

@@ -185,6 +185,20 @@ def load_tables(cfg: Config, project: Project, split: str = "fold") -> tuple[pd.
     return train, test
 
 
+def build_folds(project: Project, overrides: list[str], force: bool = False) -> pd.DataFrame:
+    """The folds file for competition.yaml (+ overrides), made (and audited) when missing or force; the CLI's work
+    (also competition.notebook's Kit.folds)."""
+    cfg = load_config("", overrides, project, check_model=False)
+    train = load_train_table(cfg.competition, project, cfg.folds.group_column)
+    if force:
+        project.folds_file(cfg).unlink(missing_ok=True)
+    folds, built = ensure_folds(cfg, project, train)
+    if built:
+        check_new_folds(cfg, project, train, load_test_table(cfg.competition, project), folds)
+    log.info("%s: %s", project.folds_file(cfg), summarize_folds(folds))
+    return folds
+
+
 def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI: write the folds file for competition.yaml (+ overrides), then audit it."""
     parser = cli.parser(__doc__)
@@ -195,14 +209,7 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     def body() -> int:
         nonlocal project
         project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
-        cfg = load_config("", args.overrides, project, check_model=False)
-        train = load_train_table(cfg.competition, project, cfg.folds.group_column)
-        if args.force:
-            project.folds_file(cfg).unlink(missing_ok=True)
-        folds, built = ensure_folds(cfg, project, train)
-        if built:
-            check_new_folds(cfg, project, train, load_test_table(cfg.competition, project), folds)
-        log.info("%s: %s", project.folds_file(cfg), summarize_folds(folds))
+        build_folds(project, args.overrides, args.force)
         return 0
 
     return cli.run(body)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in a notebook, the terminal bar elsewhere
 
 from competition.atomic import write_csv
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in a notebook, the terminal bar elsewhere
 
 from competition.atomic import DiskFullError, atomic_path, free_bytes, write_text
 from competition.decode import BadImageError, decode_image, decoder_signature

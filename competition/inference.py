@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in a notebook, the terminal bar elsewhere
 
 from competition.allocator import trim
 from competition.augment import build_eval_transform, tta_views
@@ -73,18 +73,31 @@ def predict_views(model: torch.nn.Module, images: torch.Tensor, transforms: list
     """Probabilities (views, N, crops) for a uint8 batch (N, C, H, W) or (N, crops, C, H, W).
 
     The views x N x crops images go through the model at most max_batch at a time (d4 x 5 crops x batch 64 is
-    2,560 images: one forward would not fit a 16 GB GPU); logits come back fp32."""
+    2,560 images: one forward would not fit a 16 GB GPU); logits come back fp32. Each forward's chunk is cut
+    from the views as it is needed (never all views at once: 4x4 tiles x hflip x 64 images are 327 MB of uint8),
+    the same chunks as slicing the views' concatenation."""
     crops = images.shape[1] if images.ndim == 5 else 1
     flat = images.flatten(0, 1) if images.ndim == 5 else images
-    batch = torch.cat([view(flat) for view in transforms])  # uint8: cheap to hold whole
     out = []
-    for start in range(0, len(batch), max_batch):
-        chunk = batch[start:start + max_batch]
+    for start in range(0, len(transforms) * len(flat), max_batch):
+        chunk = views_chunk(flat, transforms, start, max_batch)
         if channels_last:
             chunk = chunk.contiguous(memory_format=torch.channels_last)
         with autocast():
             out.append(model(chunk).float())
     return torch.sigmoid(torch.cat(out)).view(len(transforms), images.shape[0], crops).cpu().numpy()
+
+
+def views_chunk(flat: torch.Tensor, transforms: list, start: int, size: int) -> torch.Tensor:
+    """Rows start..start+size of torch.cat([view(flat) for view in transforms]), building only those rows."""
+    n, parts, row = len(flat), [], start
+    end = min(start + size, n * len(transforms))
+    while row < end:  # one slice per view the rows span
+        k, first = divmod(row, n)
+        last = min(n, first + end - row)
+        parts.append(transforms[k](flat[first:last]).contiguous())  # contiguous, as a slice of the cat was
+        row += last - first
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 @torch.no_grad()
@@ -129,8 +142,9 @@ def predict_dataset(model: Detector, dataset: ImageDataset, cfg: Config, device:
 
 
 def forward_cap(cfg: Config) -> int:
-    """Images per forward pass at inference: tta.max_batch, or 2 x the training batch when it is 0."""
-    return cfg.tta.max_batch or 2 * cfg.train.batch_size
+    """Images per forward pass at inference: tta.max_batch, or the training batch when it is 0 (a CPU forward of
+    64 lite0 images at 224 px held ~3.3 GB, as much as a training step of 32: docs/large-photos.md)."""
+    return cfg.tta.max_batch or cfg.train.batch_size
 
 
 def load_experiment(project: Project, name: str, device: torch.device, allow_incomplete: bool = False) -> Experiment:

@@ -3,6 +3,8 @@
     ./run.sh kaggle push exp012 [--accelerator NvidiaTeslaT4] [--no-wheels] [--target-freeze FILE] [--user NAME]
     ./run.sh kaggle status exp012
     ./run.sh kaggle pull exp012 [--replace]
+    ./run.sh kaggle push|status <blend|exp> --inference; ./run.sh kaggle submit-kernel <blend|exp|USER/KERNEL>
+        (code competitions: an inference kernel and its submission, competition.kaggle_inference)
 
 push: the experiment's offline bundle (competition.bundle) becomes a private Kaggle dataset <user>/<comp>-<exp>-kit
 (created, or a new version; `-r zip` keeps its sub-folders), then a private script kernel <user>/<comp>-<exp>
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from competition import cli, kaggle_cli, options
+from competition import cli, kaggle_cli, kaggle_inference, options
 from competition.atomic import write_json, write_text
 from competition.bundle import build_bundle
 from competition.config import Config, load_config, load_saved_config
@@ -349,8 +351,9 @@ def pull(project: Project, name: str, user: str = "", replace: bool = False) -> 
 def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point."""
     parser = cli.parser(__doc__)
-    parser.add_argument("action", type=options.choice("push", "status", "pull"))
-    parser.add_argument("experiment")
+    parser.add_argument("action", type=options.choice("push", "status", "pull", "submit-kernel"))
+    parser.add_argument("experiment", help="experiment; with --inference a blend or experiment; submit-kernel: that "
+                                           "name or USER/KERNEL (competition.kaggle_inference)")
     parser.add_argument("--user", default="", help="Kaggle user owning the dataset and kernel (default: credentials)")
     parser.add_argument("--accelerator", default="NvidiaTeslaT4", type=options.kaggle_gpu(),
                         help="push: Kaggle machine (NvidiaTeslaT4 = 2x T4)")
@@ -359,11 +362,14 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
                                                            "left out of the wheels")
     parser.add_argument("--allow-dirty", action="store_true", help="push: bundle uncommitted code (recorded)")
     parser.add_argument("--replace", action="store_true", help="pull: replace a local run of the same experiment")
+    kaggle_inference.add_arguments(parser)  # --inference, --test-rows, --sample, --force, --version, -m
     args = parser.parse_args(argv)
 
     def body() -> int:
         nonlocal project
         project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
+        if kaggle_inference.wants(args):  # code competitions: inference kernels and their submission
+            return kaggle_inference.run_action(args, project, kaggle_inference.KernelTools(upload_bundle, parse_status))
         args.experiment = experiment_arg(args.experiment, project)  # a name, or its YAML typed from anywhere
         if args.action == "push":
             freeze = user_path(args.target_freeze, project, "--target-freeze", kind="file") if args.target_freeze else None

@@ -292,7 +292,9 @@ INTRO = ("Experiments ranked by out-of-fold score (regenerated after every run).
          "One section per competition, training data (fingerprint of the training ids, labels and folds, from "
          "experiments/<exp>/inputs.json) and metric: scores on other data or by another metric are never ranked "
          "together. An experiment made from other training data than the competition's current train.csv and folds "
-         "is marked `stale: training data changed since` and listed below the ranked ones.")
+         "is marked `stale: training data changed since` and listed below the ranked ones. OOF test-like: the OOF "
+         "scored on validation images re-encoded like the test images, with its gap to the plain OOF (blank when not "
+         "computed: data.test_like_oof, docs/validation.md).")
 BLEND_INTRO = ("Ranked by nested fold mean: weights, calibration and threshold fitted on K-1 folds' OOF, scored on the "
                "held-out fold (compare with the experiments' fold mean ± std, computed the same way); `auto` chooses its "
                "method inside that CV. Pooled: the held-out folds scored together. In-sample: fitted and scored on all "
@@ -301,9 +303,9 @@ BLEND_INTRO = ("Ranked by nested fold mean: weights, calibration and threshold f
 
 def experiment_table(experiments: list[dict]) -> list[str]:
     """The experiments of one section, ranked."""
-    lines = ["| rank | experiment | metric | OOF score | fold mean ± std | OOD score | OOF AUC | backbone | img size | "
-             "augment | epochs (run) | TTA gain | wall min | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| rank | experiment | metric | OOF score | fold mean ± std | OOF test-like | OOD score | OOF AUC | backbone | "
+             "img size | augment | epochs (run) | TTA gain | wall min | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ranked = _rank([m for m in experiments if not m.get("stale")], "oof_score")
     for i, m in enumerate(ranked + [m for m in experiments if m.get("stale")], 1):
         size = f"{m['img_size']}" + (f" x{m['input_upscale']}" if m.get("input_upscale", 1) > 1 else "")
@@ -315,18 +317,27 @@ def experiment_table(experiments: list[dict]) -> list[str]:
             note.append(m["description"])
         lines.append(
             f"| {'-' if m.get('stale') else i} | {m['experiment']} | {_metric_label(m)} | {_fmt(m['oof_score'])} | "
-            f"{_fmt(m['fold_mean'])} ± {_fmt(m['fold_std'])} | {_fmt(m.get('ood_score'))} | {_fmt(m['oof']['auc'])} | "
+            f"{_fmt(m['fold_mean'])} ± {_fmt(m['fold_std'])} | {test_like_cell(m.get('oof_test_like'))} | "
+            f"{_fmt(m.get('ood_score'))} | {_fmt(m['oof']['auc'])} | "
             f"{m['model']} | {size} | "
             f"{m.get('augment', '')} | {m['epochs']} ({'/'.join(map(str, m.get('epochs_run', [])))}) | "
             f"{m['tta']['gain']:+.5f} ({m['tta']['views']}) | {m['wall_s'] / 60:.1f} | {'; '.join(note)} |")
     return lines
 
 
+def test_like_cell(scores: dict | None) -> str:
+    """The OOF score on validation images re-encoded like the test images, with its gap to the plain OOF ('' for
+    runs without it: competition.test_encoding, data.test_like_oof)."""
+    if not isinstance(scores, dict) or scores.get("score") is None:
+        return ""
+    return f"{_fmt(scores['score'])} (gap {scores.get('gap', 0.0):+.4f})"
+
+
 def blend_table(blends: list[dict]) -> list[str]:
     """The blends of one section: ranked when their members are still what they were made from, else listed."""
     lines = ["| rank | submission | method | metric | nested fold mean ± std | nested pooled | in-sample | "
-             "positive rate OOF / test | members | note |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "nested test-like | positive rate OOF / test | members | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     ranked = _rank([b for b in blends if not b["stale"]], "nested_mean")
     for i, b in enumerate(ranked + [b for b in blends if b["stale"]], 1):
         nested, rates = b.get("nested") or {}, b.get("positive_rate") or {}
@@ -335,7 +346,8 @@ def blend_table(blends: list[dict]) -> list[str]:
         note = f"not ranked: {'; '.join(b['stale'])}" if b["stale"] else ""
         lines.append(f"| {rank} | {b['file']} | {b.get('method', '')}{' (auto)' if b.get('selected_by') == 'auto' else ''} | "
                      f"{_metric_label(b)} | {_fmt(nested.get('mean'))} ± {_fmt(nested.get('std'))} | "
-                     f"{_fmt(nested.get('pooled'))} | {_fmt(b.get('in_sample'))} | {rate_txt} | {', '.join(b['members'])} | "
+                     f"{_fmt(nested.get('pooled'))} | {_fmt(b.get('in_sample'))} | "
+                     f"{_fmt((b.get('nested_test_like') or {}).get('mean'))} | {rate_txt} | {', '.join(b['members'])} | "
                      f"{note} |")
     return lines
 

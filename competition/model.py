@@ -8,6 +8,7 @@ path ships compact uint8 tensors and never needs to know the backbone.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import timm
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from competition.config import ModelConfig, from_dict, listed_models
-from competition.errors import ConfigError
+from competition.errors import ConfigError, DataError
 from competition.project import Project
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def load_detector(path: Path, device: torch.device, project: Project | None = No
     """Rebuild a Detector from a self-describing best.pt (weights_only load): architecture, kwargs, weights.
 
     Checkpoints written before create kwargs were saved fall back to models.json (needs the project)."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = read_checkpoint(path, device)
     cfg = from_dict(ckpt["config"])
     kwargs = ckpt.get("create_kwargs")
     if kwargs is None:
@@ -137,6 +138,26 @@ def load_detector(path: Path, device: torch.device, project: Project | None = No
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model.eval()
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """A fold checkpoint's content; an unreadable, truncated or foreign file is one DataError naming it and the fix."""
+    fix = (f"retrain that fold (delete {Path(path).parent} and rerun the experiment) or restore the file from "
+           "where the run was made")
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning precedes the error below
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: checkpoint missing; {fix}") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types (pickle, zip, runtime) for a damaged file
+        detail = " ".join(str(err).split())[:120]
+        raise DataError(f"{path}: not a readable checkpoint ({type(err).__name__}{': ' + detail if detail else ''}); "
+                        f"{fix}") from None
+    missing = [key for key in ("config", "model") if not isinstance(ckpt, dict) or key not in ckpt]
+    if missing:
+        raise DataError(f"{path}: not a kit checkpoint (no {', '.join(missing)}); {fix}")
+    return ckpt
 
 
 def _reset_head(backbone: nn.Module) -> None:

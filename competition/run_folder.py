@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 
 from competition.atomic import remove_stale_temps, write_json
-from competition.config import RUNTIME_KEYS, Config, ConfigError, save_config, to_dict
+from competition.config import PREDICTION_KEYS, RUNTIME_KEYS, Config, ConfigError, save_config, to_dict
 from competition.decode import BadImageError, decode_image
 from competition.errors import DataError
 from competition.image_cache import BAD, ImageCache
@@ -48,10 +48,10 @@ def check_config_unchanged(cfg: Config, out: Path) -> None:
     except yaml.YAMLError:
         saved = {}
     saved = {s: ({**defaults[s], **v} if isinstance(v, dict) and isinstance(defaults.get(s), dict) else v)
-             for s, v in saved.items()}  # keys added to the kit later read as their defaults
+             for s, v in {**defaults, **saved}.items()}  # keys and sections added later read as their defaults
     now = to_dict(cfg)
     for conf in (saved, now):
-        for section, key in RUNTIME_KEYS:
+        for section, key in RUNTIME_KEYS + PREDICTION_KEYS:  # prediction keys: folds re-predicted
             conf.get(section, {}).pop(key, None)
     if saved != now:
         diff = [f"{s}.{k}: {saved.get(s, {}).get(k)!r} -> {v!r}" for s, sec in now.items() if isinstance(sec, dict)
@@ -123,9 +123,12 @@ def clear_outputs(out: Path) -> None:
     with ExitStack() as held:
         for fold_dir in sorted(p for p in out.rglob("fold*") if p.is_dir()):
             held.enter_context(experiment_lock(fold_dir))  # raises, naming the process that trains it
-        for child in out.iterdir():
-            if child.name != ".lock":
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        doomed = [child for child in out.iterdir() if child.name != ".lock"]
+        if doomed:
+            log.warning("--restart: deleting %s (%d entries: %s)", out, len(doomed),
+                        ", ".join(sorted(c.name for c in doomed)[:8]) + (", ..." if len(doomed) > 8 else ""))
+        for child in doomed:
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def open_outputs(cfg: Config, out: Path, restart: bool, shared: bool = False) -> Path:

@@ -32,7 +32,7 @@ from timm.utils import ModelEmaV3
 from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in a notebook, the terminal bar elsewhere
 
 from competition.allocator import trim
 from competition.atomic import save_torch, write_csv

@@ -126,12 +126,12 @@ LAYERS = {
     "registries": "metrics augment",
     "settings": "config config_reference options outputs cli",
     "model": "model distributed",
-    "data": "tables folds grouping fold_checks audit shift embed decode image_cache dataset crop_cache pseudo",
-    "inference": "inference",
-    "training": "train run_folder assemble fold_workers",
+    "data": "tables folds grouping fold_checks audit shift embed decode image_cache dataset crop_cache pseudo test_encoding",
+    "inference": "inference adapt",
+    "training": "train run_folder assemble fold_workers tracking",
     "results": "leaderboard report compare blend ensemble submission predict explain serve export",
     "commands": "experiment",
-    "kaggle": "kaggle_cli submit bundle kaggle_kernel kaggle_script",
+    "kaggle": "kaggle_cli submit bundle kaggle_predict kaggle_inference kaggle_kernel kaggle_script kaggle_predict_script notebook",
 }
 LAYER_OF = {m: i for i, names in enumerate(LAYERS.values()) for m in names.split()}
 
