@@ -21,7 +21,7 @@ import yaml
 
 from competition import kaggle_inference
 from tests.conftest import REPO, call_kit, make_competition
-from tests.test_kaggle_kernel import FAKE, KEY
+from tests.test_kaggle_kernel import FAKE, KEY, install_fake_kaggle
 
 SUBMIT = '''if verb == "competitions submit":
     if os.environ.get("FAKE_SUBMIT_FAIL"):
@@ -41,12 +41,7 @@ def one_error_line(result) -> str:
 @pytest.fixture
 def fake_kaggle(tmp_path, monkeypatch):
     """A fake kaggle CLI on PATH (its records in the returned folder) and credentials for user alice."""
-    bin_dir, state = tmp_path / "bin", tmp_path / "fake"
-    bin_dir.mkdir()
-    state.mkdir()
-    exe = bin_dir / "kaggle"
-    exe.write_text(FAKE_WITH_SUBMIT.replace("#!/usr/bin/env python3", f"#!{sys.executable}", 1))
-    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    bin_dir, state = install_fake_kaggle(tmp_path, FAKE_WITH_SUBMIT)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     for key, value in {"FAKE_KAGGLE_DIR": str(state), "KAGGLE_USERNAME": "alice", "KAGGLE_KEY": KEY,
                        "KAGGLE_CONFIG_DIR": str(tmp_path / "nocreds")}.items():

@@ -56,18 +56,24 @@ print("unknown command", file=sys.stderr); sys.exit(1)
 '''
 
 
+def install_fake_kaggle(root: Path, script: str) -> tuple[Path, Path]:
+    """root/bin/kaggle running `script` with this interpreter, and root/fake for its records: (bin folder, records)."""
+    bin_dir, state = root / "bin", root / "fake"
+    bin_dir.mkdir()
+    state.mkdir()
+    exe = bin_dir / "kaggle"
+    exe.write_text(script.replace("#!/usr/bin/env python3", f"#!{sys.executable}", 1))
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return bin_dir, state
+
+
 @pytest.fixture(scope="module")
 def kaggle_env(tmp_path_factory):
     """A project, a fake kaggle on PATH with its state folder, and a runner of the kit's CLIs in a subprocess."""
     root = tmp_path_factory.mktemp("kaggle")
     home = make_competition(root / "home", slug="tiny-comp")
     smoke_experiment(home, "exp_k", model="regnetx_002")
-    bin_dir, state = root / "bin", root / "fake"
-    bin_dir.mkdir()
-    state.mkdir()
-    exe = bin_dir / "kaggle"
-    exe.write_text(FAKE.replace("#!/usr/bin/env python3", f"#!{sys.executable}", 1))
-    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    bin_dir, state = install_fake_kaggle(root, FAKE)
     env = {**os.environ, "KIT_HOME": str(home), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_KAGGLE_DIR": str(state),
            "KAGGLE_USERNAME": "alice", "KAGGLE_KEY": KEY, "KAGGLE_CONFIG_DIR": str(root / "nocreds")}
