@@ -34,9 +34,9 @@ fi
 # between phases and in DataLoader workers (competition/allocator.py): peak 4.4 GB main process, not 9.7 GB.
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-1073741824}"
 export MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-4294967296}"
-# Idle OpenMP threads sleep instead of spinning. Whole runs (benchmarks/thread_policy.py, exp001 1 fold x 1 epoch):
-# alone 164 s PASSIVE vs 290 s ACTIVE (spinning threads starve the DataLoader workers), beside a second run 272 s
-# PASSIVE; single steps beside a training slowed 4.8x spinning, 2.1x PASSIVE (benchmarks/threads.py).
+# Idle OpenMP threads sleep instead of spinning. Whole runs (benchmarks/thread_policy.py): exp001 1 fold x 1 epoch
+# alone 164 s PASSIVE vs 290 s ACTIVE (spinning threads starve the DataLoader workers); large photos alone 154 vs
+# 156 s, beside a second run 249 vs 385 s; single steps beside a training slowed 4.8x spinning, 2.1x PASSIVE.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 

@@ -14,7 +14,8 @@ cached between them), while sampling every process of the run's tree (main proce
 every 0.2 s: peak RSS (VmHWM) per process, and the whole tree's user/system CPU time from wait4.
 The experiment is the photo recipe: tf_efficientnet_lite0, 224 px native crops (forensic), batch 32, hflip TTA
 over 4x4 tiles + the centre crop (`tta.tiles: 4`; section 8's older rows used `--set tta.tiles=0 tta.crops=5`),
-2 folds x 2 epochs, 1 DataLoader worker (this machine's default), OOF + test TTA.
+2 folds x 2 epochs, 1 DataLoader worker (this machine's default), OOF + test TTA, activation checkpointing
+(`train.grad_checkpointing: true`: one training step at batch 32 held ~4.0-4.1 GB without it, 3.3 GB with it).
 Allocator settings (glibc malloc environment):
 - runsh:  MALLOC_MMAP_THRESHOLD_=1 GB, MALLOC_TRIM_THRESHOLD_=4 GB (what run.sh exports)
 - glibc:  glibc's own defaults (dynamic mmap threshold from 128 KB up to 32 MB)
@@ -53,7 +54,7 @@ MALLOC_KEYS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA
 EXPERIMENT = {
     "model": {"name": "tf_efficientnet_lite0", "weights_dir": str(SHARED / "weights")},
     "data": {"img_size": 224, "augment": "forensic"},
-    "train": {"epochs": 2, "batch_size": 32, "patience": 0},
+    "train": {"epochs": 2, "batch_size": 32, "patience": 0, "grad_checkpointing": True},  # <= 4 GB per process
     "tta": {"views": "hflip", "crops": 1, "tiles": 4},
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,11 @@ import pandas as pd
 import torch
 
 from competition.atomic import write_csv, write_json
-from competition.config import Config
-from competition.errors import DataError
+from competition.config import RUNTIME_KEYS, Config, load_config, replace, save_config, to_dict
+from competition.errors import DataError, KitError
 from competition.metrics import (THRESHOLD_METRICS, best_threshold, greater_is_better, positive_rates, score,
                                  score_all, score_note, warn_positive_rates)
+from competition.project import Project
 from competition.pseudo import pseudo_file
 from competition.run_folder import RESTART_ADVICE, fold_done
 from competition.train import select_metric
@@ -103,7 +105,7 @@ def write_outputs(cfg: Config, out: Path, folds_run: list[int], n_folds: int, te
     """Gather fold outputs into oof.csv, test.csv (fold mean), bad-image lists and metrics.json."""
     oof, fold_tests, results = read_folds(out, folds_run, test)
     test_prob = np.mean([f["prob"].to_numpy(dtype=float) for f in fold_tests], axis=0)
-    check_adaptation(cfg, out, folds_run, results)
+    cfg = check_adaptation(cfg, out, folds_run, results)  # the run's recorded tta.adapt_bn
     like = [c for c in ("prob_test_like", "prob_test_like_adapted") if c in oof and oof[c].notna().all()]
     write_csv(out / "oof.csv", oof[["id", "fold", "target", "prob", *like]])  # test-like: when every fold has it
     write_csv(out / "test.csv", pd.DataFrame({"id": test["id"].values, "prob": test_prob}))
@@ -164,13 +166,57 @@ def test_like_scores(cfg: Config, oof: pd.DataFrame, metrics: dict, encoding: di
             "profile": (encoding or {}).get("summary", {})}
 
 
-def check_adaptation(cfg: Config, out: Path, folds_run: list[int], results: list[dict]) -> None:
-    """Refuse to gather folds predicted with another tta.adapt_bn than the config's, saying how to recompute them."""
-    other = [k for k, r in zip(folds_run, results) if bool(r.get("adapt_bn")) != cfg.tta.adapt_bn]
-    if other:
-        raise DataError(f"{out}: fold(s) {other} were predicted with tta.adapt_bn={not cfg.tta.adapt_bn}, the config "
-                        f"says {cfg.tta.adapt_bn}; run `./run.sh {cfg.name}` (it recomputes their predictions from "
-                        f"their checkpoints, no retraining), or set tta.adapt_bn back")
+def check_adaptation(cfg: Config, out: Path, folds_run: list[int], results: list[dict]) -> Config:
+    """The config to assemble with: when every fold was predicted with another tta.adapt_bn than the config's (`./run.sh
+    assemble <exp>` without the run's override), the run's recorded setting (fold result.json), saved back to its
+    config.yaml; a mix is refused with a fix that repeats the run's overrides (rerun_words)."""
+    flags = {k: bool(r.get("adapt_bn")) for k, r in zip(folds_run, results)}
+    other = [k for k, flag in flags.items() if flag != cfg.tta.adapt_bn]
+    if not other:
+        return cfg
+    if len(other) == len(flags):
+        recorded = replace(cfg, tta={"adapt_bn": not cfg.tta.adapt_bn})
+        log.info("%s: assembling as its folds were predicted, tta.adapt_bn=%s (the run's recorded setting); to "
+                 "recompute them with %s from their checkpoints (no retraining): `./run.sh %s`", cfg.name,
+                 recorded.tta.adapt_bn, cfg.tta.adapt_bn, rerun_words(cfg, out))
+        save_config(recorded, out / "config.yaml")
+        return recorded
+    same = [k for k in flags if k not in other]
+    raise DataError(f"{out}: fold(s) {other} were predicted with tta.adapt_bn={not cfg.tta.adapt_bn}, fold(s) {same} "
+                    f"with {cfg.tta.adapt_bn}; run `./run.sh {rerun_words(cfg, out)}` without --folds (it recomputes "
+                    f"every fold's predictions from its checkpoints, no retraining)")
+
+
+def rerun_words(cfg: Config, out: Path, extra: tuple[str, ...] = (), name: str = "") -> str:
+    """`<exp> section.key=value ...`: the experiment and every override that turns its YAML into `cfg` (the run's
+    resolved config), so that a fix text followed as printed reproduces the run instead of undoing an override;
+    `extra` words (the fix's own, e.g. data.test_like_oof=on) replace the run's value of their keys; `name`: the
+    experiment's folder name when its saved config was copied from another."""
+    name = name or cfg.name
+    root = next((p for p in out.parents if (p / "competition.yaml").is_file()), None)
+    try:
+        base = to_dict(load_config(name, [], Project(root) if root else None, check_model=False))
+    except (KitError, OSError):
+        base = to_dict(cfg)  # the YAML is gone or broken: no override can be told apart
+    fixed = {word.partition("=")[0] for word in extra}
+    kept = [w for w in overrides_between(base, to_dict(cfg)) if w.strip("'").partition("=")[0] not in fixed]
+    return " ".join([name, *kept, *extra])
+
+
+# Where a run looked (folders, device, threads, tracking), not what it computed: never repeated in a fix text.
+PLACE_KEYS = {f"{s}.{k}" for s, k in RUNTIME_KEYS} - {"data.test_like_oof"}
+
+
+def overrides_between(base: dict, run: dict) -> list[str]:
+    """The `section.key=value` words (shell-quoted) that turn the resolved config `base` into `run`, PLACE_KEYS
+    left out (a saved relative folder and today's resolved one are the same place)."""
+    words = []
+    for section, keys in run.items():
+        for key, value in (keys.items() if isinstance(keys, dict) else ()):
+            if f"{section}.{key}" not in PLACE_KEYS and (base.get(section) or {}).get(key) != value:
+                text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+                words.append(shlex.quote(f"{section}.{key}={text}"))
+    return words
 
 
 def adapt_bn_scores(cfg: Config, oof: pd.DataFrame, metrics: dict, results: list[dict], scored: bool) -> dict:

@@ -29,8 +29,9 @@ from tqdm.auto import tqdm  # a widget in a notebook, the terminal bar elsewhere
 
 from competition import cli, options, outputs
 from competition.atomic import write_json, write_text
-from competition.config import CompetitionConfig, load_config
-from competition.paths import output_path, user_path
+from competition.config import CompetitionConfig, is_override, load_config, override_error
+from competition.errors import ConfigError
+from competition.paths import PathNotFound, output_path, user_path
 from competition.project import Project
 from competition.tables import load_train_table
 
@@ -212,6 +213,30 @@ def _folds_of(train: pd.DataFrame, path: Path) -> pd.DataFrame | None:
     return folds if {"id", "fold"} <= set(folds.columns) and set(folds["id"]) == set(train["id"]) else None
 
 
+def data_and_overrides(words: list[str], project: Project, shift: bool = False) -> tuple[str, list[str]]:
+    """(data folder or '', overrides) of audit's words in any order: a key=value word is an override, any other the
+    data folder - one that exists; a word that is neither is refused naming both possibilities."""
+    words = [w for w in words if w]
+    folders = [w for w in words if not is_override(w)]
+    found = []
+    for word in folders:
+        try:
+            found.append(user_path(word, project, "data folder", kind="dir"))
+        except PathNotFound as err:
+            if "=" in word:
+                raise override_error(word) from None
+            raise PathNotFound(f"audit {word!r}: neither a data folder ({err}) nor a section.key=value override "
+                               "(e.g. competition.train_csv=t.csv)") from None
+    if len(folders) > 1:
+        raise ConfigError(f"audit takes one data folder, got {', '.join(map(repr, folders))}: audit them one at a "
+                          "time (`./run.sh audit FOLDER`)")
+    if shift:
+        where = f" competition.data_dir={found[0]}" if found else ""
+        raise ConfigError(f"the shift check is its own command: `./run.sh audit --shift{where}` (python -m "
+                          f"competition.shift{where}); it compares the competition's train and test sets")
+    return (folders[0] if folders else ""), [w for w in words if w not in folders]
+
+
 def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point: exit 0 when no shortcut is found, 1 when one is, 2 on bad input."""
     parser = cli.parser(__doc__)
@@ -221,13 +246,14 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="let --out replace report files audit did not write")
     parser.add_argument("--threshold", type=options.number(float, ge=0.5, lt=1.0, unit="AUC"), default=THRESHOLD,
                         help="warn when metadata alone predicts the label with an AUC above this")
+    parser.add_argument("--shift", action="store_true",
+                        help="the train-vs-test shift check instead: `./run.sh audit --shift` runs competition.shift")
     args = parser.parse_args(argv)
-    if args.data and "=" in args.data:
-        args.overrides, args.data = [args.data, *args.overrides], ""
 
     def body() -> int:
         nonlocal project
         project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
+        args.data, args.overrides = data_and_overrides([args.data, *args.overrides], project, args.shift)
         cfg = load_config("", args.overrides, project, check_model=False)
         comp, stem, folds = cfg.competition, project.folds_file(cfg).stem, None
         if args.data:

@@ -28,7 +28,7 @@ from competition.atomic import write_text
 from competition.augment import preset_names, view_names  # registries: the allowed values of the fields below
 from competition.errors import ConfigError
 from competition.metrics import metric_names
-from competition.project import Project, check_name
+from competition.project import Project, check_name, typed_folder
 
 __all__ = ["Config", "ConfigError", "load_config", "load_saved_config", "save_config", "to_dict", "replace"]
 log = logging.getLogger(__name__)
@@ -148,8 +148,8 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format (~2x for depthwise CNNs on CPU)
     compile: bool = False  # torch.compile the model
     grad_checkpointing: bool = False  # recompute activations in backward (timm set_grad_checkpointing): less
-    # memory (lite0, 224 px, batch 32 on CPU: 4.2 -> 3.0 GB per step), more compute; same gradients, but the
-    # recomputed forward updates BatchNorm running statistics a second time, so results differ slightly
+    # memory (lite0, 224 px, batch 32 on CPU: 4.2 -> 3.0 GB per step), more compute; same gradients and BatchNorm
+    # statistics (the recomputed forward's second update of the running statistics is undone)
     ema: bool = False  # keep an exponential moving average of weights and validate with it
     ema_decay: Annotated[float, Range(gt=0.0, lt=1.0)] = 0.999  # EMA decay per optimizer step
     ema_warmup: bool = False  # EMA decay ramps up, 1 - (1 + step)^(-2/3) capped at ema_decay (timm ModelEmaV3), so the
@@ -525,6 +525,11 @@ def is_override(item: str) -> bool:
 def override_error(item: str) -> ConfigError:
     """The one refusal of a word that is not section.key=value; `epochs=3` is told `train.epochs=3`."""
     key, sep, value = item.partition("=")
+    if not sep and item.strip() and (typed_folder() / os.path.expanduser(item.strip())).is_dir():
+        folder = (typed_folder() / os.path.expanduser(item.strip())).resolve()
+        return ConfigError(f"override {item!r}: a folder, not section.key=value - this command reads its data from the "
+                           f"config; to use this folder: competition.data_dir={folder} (the shortcut audit of a "
+                           f"folder: `./run.sh audit {item.strip()}`)")
     homes = _homes(key.strip()) if sep else []
     fix = f"; {key.strip()} belongs in {homes[0]}: {homes[0]}.{key.strip()}={value}" if len(homes) == 1 else (
         f"; {key.strip()} is a key of {' and of '.join(homes)}: e.g. {homes[0]}.{key.strip()}={value}" if homes
@@ -561,6 +566,8 @@ def _check_type(where: str, value: Any, hint: Any) -> Any:
     """Return value coerced to hint (int -> float, integral float -> int), or raise a ConfigError naming the key."""
     if typing.get_origin(hint) is Annotated:
         base, *extras = typing.get_args(hint)
+        if base in (int, float) and not_finite(value):
+            raise _not_finite_error(where, value, base, next((e for e in extras if isinstance(e, Range)), None))
         value = _check_type(where, value, base)
         for bound in (e for e in extras if isinstance(e, Range)):
             _check_range(where, value, bound)
@@ -569,16 +576,15 @@ def _check_type(where: str, value: Any, hint: Any) -> Any:
         allowed = typing.get_args(hint)
         if value in allowed and type(value) in {type(a) for a in allowed}:
             return value
-        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-        near = f" (did you mean {close[0]!r}?)" if close else ""
+        near = f" (did you mean {meant_choice(value, allowed)!r}?)" if meant_choice(value, allowed) else ""
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}{near}")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, float) and value.is_integer():
         return int(value)  # `1e3` is a YAML 1.2 float; as a count it means 1000
     ok = isinstance(value, int) and not isinstance(value, bool) if hint is int else isinstance(value, hint)
-    if hint is float and ok and value != value:
-        raise ConfigError(f"{where}: NaN is not a valid value")
+    if hint in (int, float) and not_finite(value):
+        raise _not_finite_error(where, value, hint)
     if not ok:
         raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}"
                           f"{spelling(where.strip('`'), value, hint)}")
@@ -623,6 +629,42 @@ def spelling(key: str, value: Any, hint: type) -> str:
     if hint is str:
         return f"; write text, quoted when it would read as a number or true/false: `{key}: \"{value}\"`"
     return ""
+
+
+SWITCH_WORDS = {"on": {"true", "yes", "y", "1", "enable", "enabled", "1.0"},
+                "off": {"false", "no", "n", "0", "disable", "disabled", "0.0", "none", "null"}}
+
+
+def meant_choice(value: Any, allowed: tuple) -> str:
+    """The allowed word a refused value most likely means: a boolean spelling (true, yes, 1 / false, no, 0) for an
+    on/off key, else the closest spelling whatever the case; '' when none is near."""
+    text = str(value).strip().lower() if value is not None else "null"
+    for word, spellings in SWITCH_WORDS.items():
+        if word in allowed and text in spellings:
+            return word
+    words = {str(a).lower(): str(a) for a in allowed}
+    close = difflib.get_close_matches(text, list(words), n=1)
+    return words[close[0]] if close else ""
+
+
+def not_finite(value: Any) -> bool:
+    """Whether value is NaN or an infinity, as a float or as text in any spelling (nan, -inf, .NaN, Infinity)."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip().lower().replace(".nan", "nan").replace(".inf", "inf"))
+        except ValueError:
+            return False
+    return isinstance(value, float) and (value != value or abs(value) == float("inf"))
+
+
+def _not_finite_error(where: str, value: Any, hint: type, bound: Range | None = None) -> ConfigError:
+    """The one refusal of NaN or an infinity for a numeric key: a finite number is needed, with the range."""
+    limits = [f"{op} {limit:g}" for limit, op in ((bound.ge, ">="), (bound.gt, ">"), (bound.le, "<="), (bound.lt, "<"))
+              if limit is not None] if bound else []
+    within = f" {' and '.join(limits)}" if limits else ""
+    what = "a whole number" if hint is int else "a finite number"
+    return ConfigError(f"{where}: {value!r} is not allowed - NaN and infinity are not values here; write {what}"
+                       f"{within}")
 
 
 def _is_number(text: str) -> bool:

@@ -39,7 +39,7 @@ from competition.atomic import write_csv, write_json
 from competition.config import CompetitionConfig, TrackingConfig, is_override, load_config
 from competition.errors import KitError
 from competition.leaderboard import (SCOPE_FIELDS, DataCheck, data_problem, experiment_scope, member_state,
-                                     missing_outputs, read_json, scope_title, write_leaderboard)
+                                     missing_outputs, read_json, scope_title, test_like_column, write_leaderboard)
 from competition.blend import Blend, auto_methods, choose, describe_methods, method_names, nested_auto, nested_cv
 from competition.metrics import (THRESHOLD_METRICS, best_threshold, get_metric, positive_rates, score, score_note,
                                  warn_positive_rates)
@@ -69,6 +69,7 @@ class Members:
     metric: str
     member_scores: list[dict] = field(default_factory=list)
     oof_test_like: np.ndarray | None = None  # (n_train, n_members) prob_test_like, when every member has it
+    test_like_adapted: list[str] = field(default_factory=list)  # members whose column is their adapted one
 
 
 def load_oof(project: Project, name: str) -> pd.DataFrame:
@@ -222,28 +223,53 @@ def load_members(project: Project, names: list[str], metric: str) -> Members:
                       test=np.column_stack([t["prob"].to_numpy(float) for t in tests]),
                       target=ref["target"].to_numpy(int), fold=ref["fold"].to_numpy(int), ids=ref["id"],
                       test_ids=ref_test["id"], metric=metric)
-    members.oof_test_like = test_like_matrix(oofs)
+    members.oof_test_like, members.test_like_adapted = test_like_matrix(project, names, oofs)
     for j, name in enumerate(names):
         members.member_scores.append(member_score(name, members.oof[:, j], members.target, members.fold, metric))
     return members
 
 
-def test_like_matrix(oofs: list[pd.DataFrame]) -> np.ndarray | None:
-    """The members' prob_test_like columns (validation images re-encoded like the test images), aligned like their
-    OOF; None unless every member has a complete one (competition.test_encoding)."""
-    if not all("prob_test_like" in o for o in oofs):
-        return None
-    matrix = np.column_stack([pd.to_numeric(o["prob_test_like"], errors="coerce").to_numpy(float) for o in oofs])
-    return None if np.isnan(matrix).any() else matrix
+def test_like_matrix(project: Project, names: list[str],
+                     oofs: list[pd.DataFrame]) -> tuple[np.ndarray | None, list[str]]:
+    """The members' test-like OOF columns (leaderboard.test_like_column: the adapted one of a tta.adapt_bn member, the
+    predictions it submits), aligned like their OOF, and the members whose column is adapted; (None, []) unless every
+    member has a complete one, logging which member lacks it and the command that adds it."""
+    columns = [test_like_column(o.columns) for o in oofs]
+    lacking = [n for n, o, c in zip(names, oofs, columns)
+               if c is None or pd.to_numeric(o[c], errors="coerce").isna().any()]
+    if lacking:
+        warn_no_test_like(project, lacking, logging.WARNING if len(lacking) < len(names) else logging.INFO)
+        return None, []
+    matrix = np.column_stack([pd.to_numeric(o[c], errors="coerce").to_numpy(float) for o, c in zip(oofs, columns)])
+    return matrix, [n for n, c in zip(names, columns) if c == "prob_test_like_adapted"]
+
+
+def warn_no_test_like(project: Project, lacking: list[str], level: int = logging.WARNING) -> None:
+    """One log line (a warning when other members have the column): no nested test-like score, the members lacking
+    the column and per member the command adding it from its checkpoints, with its recorded overrides (rerun_words)."""
+    from competition.assemble import rerun_words  # noqa: PLC0415 - torch only when a fix is worded
+    from competition.config import load_saved_config  # noqa: PLC0415
+
+    fixes = []
+    for name in lacking:
+        out = project.experiment_dir(name)
+        try:
+            words = rerun_words(load_saved_config(out / "config.yaml"), out, ("data.test_like_oof=on",), name)
+        except (KitError, OSError):
+            words = f"{name} data.test_like_oof=on"
+        fixes.append(f"`./run.sh assemble {words}`")
+    log.log(level, "nested test-like score not computed: member(s) %s have no test-like OOF column - add it without "
+            "retraining: %s, then blend again", ", ".join(lacking), "; ".join(fixes))
 
 
 def test_like_score(members: Members, method: str, calibration: str) -> dict | None:
-    """The blend's honest score on the test-like OOF: the same nested CV (method, calibration) on the prob_test_like
-    matrix; None unless every member has the column."""
+    """The blend's honest score on the test-like OOF: the same nested CV (method, calibration) on the members' test-like
+    columns (the adapted one of a tta.adapt_bn member); None unless every member has one."""
     if members.oof_test_like is None:
         return None
     result = nested_cv(method, members.oof_test_like, members.target, members.fold, members.metric, calibration)
     result.pop("held_out", None)
+    result["adapted"] = members.test_like_adapted  # members scored on their tta.adapt_bn predictions
     print(f"{method + ' on test-like OOF':<28} {result['mean']:>12.5f} ± {result['std']:.5f} "  # noqa: T201 - CLI answer
           f"{result['pooled']:>14.5f}   (validation images re-encoded like the test images)")
     return result

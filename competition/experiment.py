@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from competition import cli, options
-from competition.adapt import adapt_batchnorm, batchnorm_layers, stale_predictions
+from competition.adapt import adapt_counted, batchnorm_layers, stale_predictions
 from competition.assemble import assemble, write_fold_outputs
 from competition.atomic import remove_stale_temps, write_csv, write_json
 from competition.augment import build_eval_transform, build_train_transform
@@ -103,21 +103,22 @@ def run_fold(cfg: Config, project: Project, fold: int, run: "Run", out: Path) ->
 def adapted_predictions(cfg: Config, run: "Run", model, val: pd.DataFrame, inputs: FoldInputs, fold: int) -> dict:
     """tta.adapt_bn (competition.adapt): `test`, the test predictions of the fold model adapted on the test images;
     `test_like`, the validation rows re-encoded like the test (as they are when the test is encoded like train)
-    predicted by the model adapted on them (None without a test-like OOF); `batchnorm_layers`. Every rank adapts
-    on the whole set (same statistics everywhere), then predicts its shard."""
+    predicted by the model adapted on them (None without a test-like OOF); `batchnorm_layers` (0 when nothing was
+    adapted: no BatchNorm, or too few usable test images - then no test-like adaptation and no gain either). Every
+    rank adapts on the whole set (same statistics everywhere), then predicts its shard."""
     test_paths, prior = run.test["path"].tolist(), inputs.prior
-    on_test = adapt_batchnorm(model, eval_dataset(cfg, test_paths, cache=run.caches["test"], tta=False), cfg,
-                              run.device, f"fold {fold} adapt BN on test")
+    on_test, seen = adapt_counted(model, eval_dataset(cfg, test_paths, cache=run.caches["test"], tta=False), cfg,
+                                  run.device, f"fold {fold} adapt BN on test")
     tst = predict_dataset(on_test, eval_dataset(cfg, test_paths, cache=run.caches["test"]), cfg, run.device, prior,
-                          desc=f"fold {fold} test TTA (adapted)", dist=run.dist)
-    out = {"test": tst, "test_like": None, "batchnorm_layers": len(batchnorm_layers(model))}
-    if wants_test_like(cfg.data.test_like_oof, run.encoding):
+                          desc=f"fold {fold} test TTA{' (adapted)' if seen else ''}", dist=run.dist)
+    out = {"test": tst, "test_like": None, "batchnorm_layers": len(batchnorm_layers(model)) if seen else 0}
+    if seen and wants_test_like(cfg.data.test_like_oof, run.encoding):
         like = (test_like_dataset(cfg, val["path"].tolist(), val["id"].astype(str).tolist(), run.encoding,
                                   cfg.train.seed) if run.encoding["shifted"]
                 else eval_dataset(cfg, inputs.val.paths, cache=inputs.val.cache))
-        on_like = adapt_batchnorm(model, like, cfg, run.device, f"fold {fold} adapt BN on test-like OOF")
+        on_like, seen_like = adapt_counted(model, like, cfg, run.device, f"fold {fold} adapt BN on test-like OOF")
         out["test_like"] = predict_dataset(on_like, like, cfg, run.device, prior, dist=run.dist,
-                                           desc=f"fold {fold} OOF test-like (adapted)").prob
+                                           desc=f"fold {fold} OOF test-like (adapted)").prob if seen_like else None
     return out
 
 

@@ -23,6 +23,7 @@ from competition.config import Config, load_config
 from competition.embed import embed_config
 from competition.grouping import components, compute_hashes, describe_groups, group_hashes, twin_pairs
 from competition.project import Project
+from competition.shift import refresh_shift
 from competition.tables import DataError, load_test_table, load_train_table
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,8 @@ def prepare_folds(cfg: Config, project: Project, train: pd.DataFrame, test: pd.D
     folds, built = ensure_folds(cfg, project, train)
     if built:
         check_new_folds(cfg, project, train, test, folds)
+    else:
+        refresh_shift(cfg, project, train, test)  # the shift report measured another test set: measured again
     return folds
 
 
@@ -193,8 +196,11 @@ def build_folds(project: Project, overrides: list[str], force: bool = False) -> 
     if force:
         project.folds_file(cfg).unlink(missing_ok=True)
     folds, built = ensure_folds(cfg, project, train)
+    test = load_test_table(cfg.competition, project)
     if built:
-        check_new_folds(cfg, project, train, load_test_table(cfg.competition, project), folds)
+        check_new_folds(cfg, project, train, test, folds)
+    else:
+        refresh_shift(cfg, project, train, test)  # the shift report measured another test set: measured again
     log.info("%s: %s", project.folds_file(cfg), summarize_folds(folds))
     return folds
 

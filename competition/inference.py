@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm  # a widget in a notebook, the terminal bar elsewhere
 
 from competition.allocator import trim
+from competition.adapt import adapt_models
 from competition.augment import build_eval_transform, tta_views
 from competition.config import Config, ConfigError, load_saved_config, require_experiment
 from competition.dataset import ImageDataset, make_loader
@@ -223,10 +224,13 @@ def threshold_and_prior(out: Path) -> tuple[float, float]:
 
 
 def predict_experiment(exp: Experiment, paths: list[str], device: torch.device) -> tuple[np.ndarray, list[str]]:
-    """Fold-averaged TTA probabilities for image paths and the decode error per path ('' when fine)."""
+    """Fold-averaged TTA probabilities for image paths and the decode error per path ('' when fine); with the
+    run's tta.adapt_bn each fold model is first adapted on these images (competition.adapt.adapt_models), as the
+    run adapted it on its test set."""
     dataset = eval_dataset(exp.cfg, paths)
     t0 = time.perf_counter()
-    run = predict_dataset(Averaged(exp.models, as_logit=True), dataset, exp.cfg, device, exp.prior, desc=f"{exp.name} folds")
+    models = adapt_models(exp.models, eval_dataset(exp.cfg, paths, tta=False), exp.cfg, device, exp.name)
+    run = predict_dataset(Averaged(models, as_logit=True), dataset, exp.cfg, device, exp.prior, desc=f"{exp.name} folds")
     exp.timing["predict"] = exp.timing.get("predict", 0.0) + time.perf_counter() - t0
     return run.prob, [run.errors.get(i, "") for i in range(len(paths))]
 
@@ -288,6 +292,9 @@ def predict_onnx(project: Project, name: str, paths: list[str], fp16: bool = Fal
     t0 = time.perf_counter()
     session = onnx_session(onnx_file(project, name, fp16), threads)
     threshold, prior = threshold_and_prior(out)
+    if cfg.tta.adapt_bn:
+        log.warning("%s: --onnx runs the export's BatchNorm statistics: the run's tta.adapt_bn is NOT applied "
+                    "(predictions unadapted); predict without --onnx to adapt on these images", name)
     load_s, t1 = time.perf_counter() - t0, time.perf_counter()
     loader = make_loader(eval_dataset(cfg, paths), cfg, torch.device("cpu"), train=False)
     prob, errors = np.full(len(paths), np.nan), [""] * len(paths)

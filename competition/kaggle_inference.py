@@ -4,7 +4,7 @@ its output.
     ./run.sh kaggle push <blend|exp> --inference [--accelerator NvidiaTeslaT4] [--test-rows N] [--sample N]
                          [--force] [--no-wheels] [--target-freeze FILE] [--allow-dirty] [--user NAME]
     ./run.sh kaggle status <blend|exp> --inference
-    ./run.sh kaggle submit-kernel <blend|exp|USER/KERNEL> [--version N] [-m MESSAGE]
+    ./run.sh kaggle submit-kernel <blend|exp|USER/KERNEL> [--version N] [-m MESSAGE] [--force]
 
 push --inference: a runtime estimate first (predict timed here on --sample local images with the blend's own
 members x folds x TTA geometry, scaled to the test rows and to the accelerator's speed factor, compared with
@@ -49,9 +49,12 @@ LIMIT_S = 9 * 3600  # Kaggle's run-time limit for a code competition's notebook 
 SETUP_S = 600.0  # ASSUMED seconds for the kernel's start, unpacking the bundle and the offline pip install
 # Target images/s divided by the images/s measured on THIS machine's CPU (= 1) for the same blend and geometry.
 # Every GPU factor is an ASSUMPTION (a conservative guess for small CNNs at <= 384 px, decode included), not a
-# measurement: time one kernel and correct it here. An Nvidia shape not listed gets the smallest GPU factor.
-SPEED_FACTORS = {"cpu": 1.0, "NvidiaTeslaT4": 8.0, "NvidiaTeslaP100": 10.0, "NvidiaL4": 12.0, "NvidiaL4X4": 12.0,
-                 "NvidiaH100": 25.0}
+# measurement: time one kernel and correct it here. An Nvidia shape not listed gets the smallest GPU factor. The keys
+# are the shapes `--accelerator` accepts for an inference kernel (options.KAGGLE_MACHINES, gpu and cpu; a test checks).
+SPEED_FACTORS = {"cpu": 1.0, "NvidiaTeslaT4": 8.0, "NvidiaTeslaT4Highmem": 8.0, "NvidiaL4": 12.0, "NvidiaL4X1": 12.0,
+                 "NvidiaTeslaA100": 20.0, "NvidiaH100": 25.0, "NvidiaRtxPro6000": 25.0}
+ACCELERATOR = options.accelerator(("gpu", "cpu"), "the kit's kernels run PyTorch on CUDA (an inference kernel also on "
+                                  "the CPU), never on a TPU")
 MEMBER_FILES = ("config.yaml", "metrics.json", "oof.csv")  # what inference reads of a member (oof: the prior)
 FOLD_FILES = ("best.pt", "result.json")  # per fold: the weights, and what marks the fold finished
 KERNEL_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,49}/[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
@@ -114,13 +117,17 @@ def geometry(project: Project, target: Target) -> str:
 
 
 def speed_factor(accelerator: str) -> float:
-    """The accelerator's speed factor against this CPU (SPEED_FACTORS; an unlisted Nvidia shape: the smallest GPU's)."""
-    if accelerator in SPEED_FACTORS:
-        return SPEED_FACTORS[accelerator]
-    low = min(v for k, v in SPEED_FACTORS.items() if k != "cpu")
-    log.warning("--accelerator %s has no speed factor in competition/kaggle_inference.py: assuming %g (the slowest "
-                "GPU listed)", accelerator, low)
-    return low
+    """The accelerator's speed factor against this CPU (SPEED_FACTORS; an unlisted Nvidia shape: the smallest GPU's,
+    which push_inference warns about)."""
+    return SPEED_FACTORS.get(accelerator) or min(v for k, v in SPEED_FACTORS.items() if k != "cpu")
+
+
+def warn_unlisted(accelerator: str) -> None:
+    """Warn that an unlisted shape is passed on as typed and its speed factor is assumed (nothing for a listed one)."""
+    if options.Accelerator.unlisted(accelerator):
+        log.warning("%s; its speed factor is ASSUMED to be %g (the slowest GPU in SPEED_FACTORS, "
+                    "competition/kaggle_inference.py)", options.Accelerator.unlisted(accelerator),
+                    speed_factor(accelerator))
 
 
 def estimate_runtime(project: Project, target: Target, comp: CompetitionConfig, rows: int, accelerator: str,
@@ -215,10 +222,12 @@ def build_inference_bundle(project: Project, target: Target, comp: CompetitionCo
 
 
 def kernel_metadata(refs: dict, slug: str, code_file: str, accelerator: str) -> dict:
-    """kernel-metadata.json: a private script kernel, GPU on, internet off, the competition and bundle attached."""
+    """kernel-metadata.json: a private script kernel, GPU on (off for `cpu`), internet off, the competition and bundle
+    attached."""
+    gpu = accelerator != "cpu"
     return {"id": refs["kernel"], "title": refs["title"], "code_file": code_file, "language": "python",
-            "kernel_type": "script", "is_private": True, "enable_gpu": True, "enable_tpu": False,
-            "enable_internet": False, "machine_shape": accelerator, "dataset_sources": [refs["dataset"]],
+            "kernel_type": "script", "is_private": True, "enable_gpu": gpu, "enable_tpu": False,
+            "enable_internet": False, "machine_shape": accelerator if gpu else "", "dataset_sources": [refs["dataset"]],
             "competition_sources": [slug], "kernel_sources": [], "model_sources": []}
 
 
@@ -238,8 +247,8 @@ def push_kernel(folder: Path, refs: dict, script: str, metadata: dict, accelerat
     folder.mkdir(parents=True)
     write_text(folder / metadata["code_file"], script)
     write_json(folder / "kernel-metadata.json", metadata)
-    _, output = kaggle_cli.run(["kernels", "push", "-p", str(folder), "--accelerator", accelerator],
-                               f"kernel {refs['kernel']}")
+    machine = ["--accelerator", accelerator] if accelerator != "cpu" else []  # a CPU kernel: no accelerator at all
+    _, output = kaggle_cli.run(["kernels", "push", "-p", str(folder), *machine], f"kernel {refs['kernel']}")
     if "error" in output.lower() and "successfully pushed" not in output.lower():
         raise KaggleError(kaggle_cli.explain_failure(output, f"kernel {refs['kernel']}"))
     url = next(iter(re.findall(r"https://www\.kaggle\.com/\S+", output)), f"https://www.kaggle.com/code/{refs['kernel']}")
@@ -257,7 +266,9 @@ def push_inference(project: Project, text: str, tools: KernelTools, accelerator:
         raise KitError("competition.slug is empty in competition.yaml: set it to the competition's URL name (the "
                        "kernel attaches that competition's data and submits to it)")
     target = resolve_target(project, text)
+    warn_unlisted(accelerator)
     refs = inference_refs(comp, target.name, kaggle_cli.username(user))
+    check_kernel_claim(project, cfg, refs, push_label("kaggle-inference", target.name, target_kind(target)), force)
     est = check_runtime(project, target, comp, test_row_count(project, comp, test_rows), accelerator, sample, force)
     work = work_dir(project, cfg, target.name)
     manifest = build_inference_bundle(project, target, comp, work / "bundle", wheels, target_freeze, allow_dirty)
@@ -266,9 +277,9 @@ def push_inference(project: Project, text: str, tools: KernelTools, accelerator:
     code_file = f"{refs['title']}.py"
     url, version = push_kernel(work / "kernel", refs, script, kernel_metadata(refs, comp.slug, code_file, accelerator),
                                accelerator)
-    state = {**refs, "target": target.name, "members": target.members, "url": url, "version": version,
-             "slug": comp.slug, "pushed": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": manifest["commit"],
-             "estimate": est}
+    state = {**refs, "target": target.name, "kind": target_kind(target), "members": target.members, "url": url,
+             "version": version, "slug": comp.slug, "pushed": time.strftime("%Y-%m-%d %H:%M:%S"),
+             "commit": manifest["commit"], "estimate": est}
     write_json(work / "push.json", state)
     return state
 
@@ -283,6 +294,67 @@ def pushed_names(project: Project, cfg: Config) -> list[str]:
     """Target names pushed for inference from this project."""
     root = project.cache_dir(cfg) / "kaggle-inference"
     return sorted(p.parent.name for p in root.glob("*/push.json")) if root.is_dir() else []
+
+
+def target_kind(target: Target) -> str:
+    """'blend' or 'experiment' (what a push record says the kernel was pushed for)."""
+    return "blend" if target.blend else "experiment"
+
+
+def push_label(folder: str, name: str, kind: str) -> str:
+    """What a kernel was pushed for, in words: 'blend best (inference kernel)', 'experiment exp1 (training kernel)'."""
+    return f"{kind} {name} ({'inference' if folder == 'kaggle-inference' else 'training'} kernel)"
+
+
+def pushed_records(project: Project, cfg: Config) -> list[tuple[str, dict]]:
+    """(what it was pushed for, its push.json) of every kernel pushed from this project, training and inference
+    (the records `kaggle push` writes under the cache: the only memory of which name owns which Kaggle slug)."""
+    records = []
+    for folder in ("kaggle", "kaggle-inference"):
+        for file in sorted((project.cache_dir(cfg) / folder).glob("*/push.json")):
+            try:
+                state = json.loads(file.read_text())
+            except (OSError, ValueError):
+                continue
+            name = file.parent.name
+            kind = "experiment" if folder == "kaggle" else state.get("kind") or (
+                "experiment" if state.get("members") == [name] else "blend")
+            records.append((push_label(folder, name, kind), state))
+    return records
+
+
+def check_kernel_claim(project: Project, cfg: Config, refs: dict, label: str, force: bool) -> None:
+    """Refuse to push label's kernel or dataset when another name pushed from here got the same Kaggle slug (exp_1 and
+    exp-1, case variants, a blend and an experiment of one name, names cut at 40 characters): the push would
+    overwrite the other's kernel on Kaggle. --force overwrites it (warned)."""
+    for other, state in pushed_records(project, cfg):
+        if other == label or (state.get("kernel"), state.get("dataset")) == (None, None):
+            continue
+        if refs["kernel"] == state.get("kernel") or refs["dataset"] == state.get("dataset"):
+            if force:
+                log.warning("%s: overwriting %s on Kaggle, pushed before for %s (--force)", label, refs["kernel"],
+                            other)
+                return
+            raise KitError(f"{label} would be pushed as {refs['kernel']}, the Kaggle kernel already pushed for {other} "
+                           f"(both names give the same slug): pushing would overwrite it - rename one of them, or "
+                           f"pass --force to overwrite it")
+
+
+def refuse_blend_without_inference(project: Project, action: str, text: str) -> None:
+    """`kaggle push|status|pull <blend>` without --inference: refused in one line naming the fix (a blend has no
+    training kernel; only an experiment is trained on Kaggle)."""
+    try:
+        name = target_name(text)
+    except KitError:
+        return  # not a plain name: the experiment's own checks explain it
+    side = project.submissions / f"{name}.json"
+    if not side.is_file() or (project.experiments / f"{name}.yaml").is_file():
+        return
+    fix = (f"`./run.sh kaggle status {name} --inference`, then `./run.sh kaggle submit-kernel {name}` (an inference "
+           f"kernel's output is submitted, not pulled)" if action == "pull" else
+           f"`./run.sh kaggle {action} {name} --inference`")
+    raise ConfigError(f"{text!r} is a blend ({project.submissions.name}/{side.name}), not an experiment: a blend has "
+                      f"no training kernel - add --inference: {fix}")
 
 
 def inference_status(project: Project, text: str, tools: KernelTools, user: str = "") -> str:
@@ -316,9 +388,29 @@ def kernel_ref(project: Project, cfg: Config, text: str) -> tuple[str, int | Non
     return pushed[name]["kernel"], pushed[name].get("version")
 
 
-def submit_kernel(project: Project, text: str, version: int | None = None, message: str = "") -> str:
-    """`kaggle competitions submit -c SLUG -k KERNEL -v N -f submission.csv -m MESSAGE`; refused unless the CLI
-    prints its success line (competition.submit's reading of an upload)."""
+def check_kernel_done(kernel: str, tools: KernelTools, force: bool, name: str = "<blend|exp>") -> str:
+    """The kernel's state by `kaggle kernels status` (what `status --inference` asks); anything but complete is
+    refused in one line with what to do, unless force (then warned)."""
+    _, output = kaggle_cli.run(["kernels", "status", kernel], f"kernel {kernel}")
+    state = tools.parse_status(output, kernel)
+    if state == "complete":
+        return state
+    todo = {"queued": "wait until it has run", "running": "wait until it completes",
+            "error": "its run failed: read its log, fix and push it again", "cancelled": "push it again"}.get(
+        state, "check its state on its page")
+    if force:
+        log.warning("submit-kernel %s: the kernel is %s, not complete; submitting anyway (--force)", kernel, state)
+        return state
+    raise KitError(f"submit-kernel {kernel}: the kernel's latest run is {state}, not complete - {todo} "
+                   f"(https://www.kaggle.com/code/{kernel}, `./run.sh kaggle status {name} --inference`), or pass "
+                   f"--force to submit anyway")
+
+
+def submit_kernel(project: Project, text: str, version: int | None = None, message: str = "",
+                  tools: KernelTools | None = None, force: bool = False) -> str:
+    """`kaggle competitions submit -c SLUG -k KERNEL -v N -f submission.csv -m MESSAGE` once the kernel's state is
+    complete (tools: its status reading; unless force); refused unless the CLI prints its success line
+    (competition.submit's reading of an upload)."""
     cfg = load_config("", [], project, check_model=False)
     slug = cfg.competition.slug
     if not slug:
@@ -328,6 +420,8 @@ def submit_kernel(project: Project, text: str, version: int | None = None, messa
     if not version:
         raise KitError(f"submit-kernel {kernel}: no kernel version recorded here - pass --version N (the version "
                        f"whose output submission.csv is submitted; its kaggle.com page lists them)")
+    if tools is not None:
+        check_kernel_done(kernel, tools, force, text.strip() if "/" not in text.strip() else "<blend|exp>")
     code, output = kaggle_cli.run(["competitions", "submit", "-c", slug, "-k", kernel, "-v", str(version), "-f",
                                    "submission.csv", "-m", message or f"{kernel} v{version}"],
                                   f"the kernel submission to '{slug}'", check=False)
@@ -345,7 +439,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", type=options.number(int, ge=1, le=1000), default=32,
                         help="push --inference: local images timed for the runtime estimate")
     parser.add_argument("--force", action="store_true", help="push --inference: push even when the estimate "
-                                                             "exceeds Kaggle's 9 h limit")
+                        "exceeds Kaggle's 9 h limit; push: overwrite a kernel another name got the same slug of; "
+                        "submit-kernel: submit a kernel that is not complete")
     parser.add_argument("--version", type=options.number(int, ge=1, le=99999), help="submit-kernel: the kernel version "
                                                                          "(default: the one push recorded)")
     parser.add_argument("-m", "--message", default="", help="submit-kernel: submission description")
@@ -359,7 +454,7 @@ def wants(args: argparse.Namespace) -> bool:
 def run_action(args: argparse.Namespace, project: Project, tools: KernelTools) -> int:
     """push --inference, status --inference, submit-kernel (inside cli.run: a KitError is one line)."""
     if args.action == "submit-kernel":
-        log.info("%s", submit_kernel(project, args.experiment, args.version, args.message))
+        log.info("%s", submit_kernel(project, args.experiment, args.version, args.message, tools, args.force))
         return 0
     if args.action == "status":
         return 0 if inference_status(project, args.experiment, tools, args.user) != "error" else 1

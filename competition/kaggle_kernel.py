@@ -1,6 +1,7 @@
 """Train an experiment on Kaggle's GPUs: push it as a kernel, follow it, pull its outputs back.
 
     ./run.sh kaggle push exp012 [--accelerator NvidiaTeslaT4] [--no-wheels] [--target-freeze FILE] [--user NAME]
+                                [--force]
     ./run.sh kaggle status exp012
     ./run.sh kaggle pull exp012 [--replace]
     ./run.sh kaggle push|status <blend|exp> --inference; ./run.sh kaggle submit-kernel <blend|exp|USER/KERNEL>
@@ -18,6 +19,7 @@ treats it like a local run. Every kaggle call is an argument list; credentials a
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import re
@@ -50,6 +52,16 @@ STATES = {"queued": "queued", "newscript": "queued", "running": "running", "comp
 STATUS_LINE = re.compile(r'^(?P<kernel>\S+) has status "(?P<status>[^"]*)"\s*$', re.M)
 READY_POLL_S = 10.0  # seconds between `datasets status` polls while Kaggle processes a new bundle version
 READY_WAIT_S = 900.0  # give up waiting for the bundle after this long (the kernel would see the old version)
+# the kernel trains with CUDA: a CPU or TPU shape is refused for `kaggle push` (the parser's type also allows cpu,
+# for an inference kernel)
+TRAINING_ACCELERATOR = options.accelerator(("gpu",), "the training kernel trains with CUDA")
+PUSH, STATUS, PULL, SUBMIT = "push", "status", "pull", "submit-kernel"
+PUSH_INF, STATUS_INF = "push --inference", "status --inference"
+# option (argparse dest) -> the actions it applies to; given (not its default) on any other action it is refused
+APPLIES = {"user": (PUSH, STATUS, PULL, PUSH_INF, STATUS_INF), "accelerator": (PUSH, PUSH_INF),
+           "no_wheels": (PUSH, PUSH_INF), "target_freeze": (PUSH, PUSH_INF), "allow_dirty": (PUSH, PUSH_INF),
+           "replace": (PULL,), "test_rows": (PUSH_INF,), "sample": (PUSH_INF,), "force": (PUSH, PUSH_INF, SUBMIT),
+           "version": (SUBMIT,), "message": (SUBMIT,)}
 
 
 def slugs(cfg: Config, user: str) -> dict:
@@ -122,13 +134,18 @@ def dataset_state(output: str) -> str:
 
 
 def push(project: Project, name: str, accelerator: str = "NvidiaTeslaT4", wheels: bool = True,
-         target_freeze: Path | None = None, user: str = "", allow_dirty: bool = False) -> dict:
-    """Bundle -> dataset -> kernel; returns the references and the kernel's address."""
+         target_freeze: Path | None = None, user: str = "", allow_dirty: bool = False, force: bool = False) -> dict:
+    """Bundle -> dataset -> kernel; returns the references and the kernel's address (refused when another name
+    pushed from here got the same Kaggle slug, unless force)."""
     cfg = load_config(name, [], project)
     if not cfg.competition.slug:
         raise KitError("competition.slug is empty in competition.yaml: set it to the competition's URL name (the "
                        "kernel attaches that competition's data)")
+    if options.Accelerator.unlisted(accelerator):  # a shape Kaggle may have added since the list was written
+        log.warning("%s", options.Accelerator.unlisted(accelerator))
     refs = slugs(cfg, kaggle_cli.username(user))
+    kaggle_inference.check_kernel_claim(project, cfg, refs, kaggle_inference.push_label("kaggle", name, "experiment"),
+                                        force)
     work = work_dir(project, cfg)
     ensure_local_folds(cfg, project)
     manifest = build_bundle(project, name, work / "bundle", wheels, target_freeze, allow_dirty)
@@ -144,8 +161,8 @@ def push(project: Project, name: str, accelerator: str = "NvidiaTeslaT4", wheels
     if "error" in output.lower() and "successfully pushed" not in output.lower():
         raise KaggleError(kaggle_cli.explain_failure(output, f"kernel {refs['kernel']}"))
     url = next(iter(re.findall(r"https://www\.kaggle\.com/\S+", output)), f"https://www.kaggle.com/code/{refs['kernel']}")
-    state = {**refs, "url": url.rstrip("."), "pushed": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": manifest["commit"],
-             "n_train": manifest.get("n_train"), "n_test": manifest.get("n_test"),
+    state = {**refs, "kind": "experiment", "url": url.rstrip("."), "pushed": time.strftime("%Y-%m-%d %H:%M:%S"),
+             "commit": manifest["commit"], "n_train": manifest.get("n_train"), "n_test": manifest.get("n_test"),
              "train_ids": manifest.get("train_ids"), "test_ids": manifest.get("test_ids")}
     write_json(work / "push.json", state)
     return state
@@ -348,6 +365,31 @@ def pull(project: Project, name: str, user: str = "", replace: bool = False) -> 
     return dest
 
 
+def refuse_unused_options(parser: argparse.ArgumentParser, args: argparse.Namespace, action: str, applies: dict,
+                          command: str) -> None:
+    """Refuse (parser.error: one line, exit 2) every option of `applies` (dest -> the actions it applies to) given a
+    value other than its default on an action it does not apply to: ignored silently, it would mislead."""
+    for option in parser._actions:  # argparse keeps its options there
+        uses = applies.get(option.dest)
+        if uses is None or action in uses or getattr(args, option.dest, option.default) == option.default:
+            continue
+        name = max(option.option_strings, key=len)
+        parser.error(f"{name} does not apply to `{command} {action}` (it is for: {', '.join(uses)}) - drop it")
+
+
+def check_command_line(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The action as APPLIES names it (`push --inference`, ...), once every option given applies to it and a training
+    push's --accelerator is a GPU shape; parser.error (one line, exit 2) otherwise."""
+    action = f"{args.action} --inference" if args.inference and args.action in (PUSH, STATUS) else args.action
+    refuse_unused_options(parser, args, action, APPLIES, "kaggle")
+    if action == PUSH:
+        try:
+            TRAINING_ACCELERATOR(args.accelerator)
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"argument --accelerator: {err}")
+    return action
+
+
 def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     """CLI entry point."""
     parser = cli.parser(__doc__)
@@ -355,8 +397,9 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("experiment", help="experiment; with --inference a blend or experiment; submit-kernel: that "
                                            "name or USER/KERNEL (competition.kaggle_inference)")
     parser.add_argument("--user", default="", help="Kaggle user owning the dataset and kernel (default: credentials)")
-    parser.add_argument("--accelerator", default="NvidiaTeslaT4", type=options.kaggle_gpu(),
-                        help="push: Kaggle machine (NvidiaTeslaT4 = 2x T4)")
+    parser.add_argument("--accelerator", default="NvidiaTeslaT4", type=kaggle_inference.ACCELERATOR,
+                        help="push: Kaggle machine shape, a GPU one (push --inference: or cpu); case, spaces and "
+                             "dashes do not matter")
     parser.add_argument("--no-wheels", action="store_true", help="push: no wheels (the image has every requirement)")
     parser.add_argument("--target-freeze", help="push: `pip freeze` of the Kaggle image; its packages are "
                                                            "left out of the wheels")
@@ -364,17 +407,19 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
     parser.add_argument("--replace", action="store_true", help="pull: replace a local run of the same experiment")
     kaggle_inference.add_arguments(parser)  # --inference, --test-rows, --sample, --force, --version, -m
     args = parser.parse_args(argv)
+    check_command_line(parser, args)
 
     def body() -> int:
         nonlocal project
         project = project or Project.from_env()  # inside cli.run: a bad KIT_HOME is one ERROR line
         if kaggle_inference.wants(args):  # code competitions: inference kernels and their submission
             return kaggle_inference.run_action(args, project, kaggle_inference.KernelTools(upload_bundle, parse_status))
+        kaggle_inference.refuse_blend_without_inference(project, args.action, args.experiment)
         args.experiment = experiment_arg(args.experiment, project)  # a name, or its YAML typed from anywhere
         if args.action == "push":
             freeze = user_path(args.target_freeze, project, "--target-freeze", kind="file") if args.target_freeze else None
             state = push(project, args.experiment, args.accelerator, not args.no_wheels, freeze, args.user,
-                         args.allow_dirty)
+                         args.allow_dirty, args.force)
             log.info("kernel %s pushed: %s", state["kernel"], state["url"])
             log.info("next: ./run.sh kaggle status %s   (then, when complete) ./run.sh kaggle pull %s",
                      args.experiment, args.experiment)

@@ -7,7 +7,8 @@ inference kernel runs on Kaggle (competition/kaggle_predict_script.py), and what
 its members); <exp> a trained experiment. The test table (competition.test_csv, or the images of
 competition.test_folder) is read as competition.yaml says, every image goes through `predict`'s path (members x
 folds x TTA, `competition.predict.predict_paths`), and the file is built in the sample submission's header and row
-order and validated by the kit's submission writer (competition.submission) before it is written.
+order and validated by the kit's submission writer (competition.submission) before it is written. A member run
+with tta.adapt_bn is adapted on the whole test set, as the run adapted it: the file equals its own test.csv.
 """
 
 from __future__ import annotations

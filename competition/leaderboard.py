@@ -161,7 +161,7 @@ class DataCheck:
         path, folds = self.folds(out)
         if folds is not None:
             now = train.merge(folds[["id", "fold"]], on="id", how="left")
-            if inputs_fingerprint(now, pd.DataFrame({"id": []}))["train"] == inputs["train"]:
+            if inputs_fingerprint(now, pd.DataFrame({"id": [], "path": []}))["train"] == inputs["train"]:
                 return ""
         try:
             oof = pd.read_csv(out / "oof.csv", dtype={"id": str}, keep_default_na=False)[["id", "fold", "target"]]
@@ -294,7 +294,7 @@ INTRO = ("Experiments ranked by out-of-fold score (regenerated after every run).
          "together. An experiment made from other training data than the competition's current train.csv and folds "
          "is marked `stale: training data changed since` and listed below the ranked ones. OOF test-like: the OOF "
          "scored on validation images re-encoded like the test images, with its gap to the plain OOF (blank when not "
-         "computed: data.test_like_oof, docs/validation.md).")
+         "computed: data.test_like_oof, docs/validation.md); `adapted`: the tta.adapt_bn predictions, as submitted.")
 BLEND_INTRO = ("Ranked by nested fold mean: weights, calibration and threshold fitted on K-1 folds' OOF, scored on the "
                "held-out fold (compare with the experiments' fold mean ± std, computed the same way); `auto` chooses its "
                "method inside that CV. Pooled: the held-out folds scored together. In-sample: fitted and scored on all "
@@ -317,7 +317,7 @@ def experiment_table(experiments: list[dict]) -> list[str]:
             note.append(m["description"])
         lines.append(
             f"| {'-' if m.get('stale') else i} | {m['experiment']} | {_metric_label(m)} | {_fmt(m['oof_score'])} | "
-            f"{_fmt(m['fold_mean'])} ± {_fmt(m['fold_std'])} | {test_like_cell(m.get('oof_test_like'))} | "
+            f"{_fmt(m['fold_mean'])} ± {_fmt(m['fold_std'])} | {test_like_cell(m)} | "
             f"{_fmt(m.get('ood_score'))} | {_fmt(m['oof']['auc'])} | "
             f"{m['model']} | {size} | "
             f"{m.get('augment', '')} | {m['epochs']} ({'/'.join(map(str, m.get('epochs_run', [])))}) | "
@@ -325,12 +325,51 @@ def experiment_table(experiments: list[dict]) -> list[str]:
     return lines
 
 
-def test_like_cell(scores: dict | None) -> str:
-    """The OOF score on validation images re-encoded like the test images, with its gap to the plain OOF ('' for
-    runs without it: competition.test_encoding, data.test_like_oof)."""
-    if not isinstance(scores, dict) or scores.get("score") is None:
+# A run's test-like OOF column, preferred first: a tta.adapt_bn run submits predictions of models adapted on the test
+# images, so its test-like score is the adapted one (competition.adapt). Leaderboard, ensemble and Kit ask here.
+TEST_LIKE_COLUMNS = ("prob_test_like_adapted", "prob_test_like")
+
+
+def test_like_column(columns) -> str | None:
+    """The OOF column that scores what a run submits on test-like images: prob_test_like_adapted (tta.adapt_bn) when
+    present, else prob_test_like; None without one (data.test_like_oof)."""
+    present = set(columns)
+    return next((c for c in TEST_LIKE_COLUMNS if c in present), None)
+
+
+def test_like_result(metrics: dict) -> dict | None:
+    """A run's test-like OOF score as submitted, from metrics.json: {score, gap (plain OOF minus it, flipped for
+    lower-is-better), adapted, shifted (the test profile)}: adapt_bn's adapted score for a tta.adapt_bn run, else
+    oof_test_like's; None when not computed."""
+    plain = metrics.get("oof_test_like") if isinstance(metrics.get("oof_test_like"), dict) else {}
+    adapt = metrics.get("adapt_bn") if isinstance(metrics.get("adapt_bn"), dict) else {}
+    shifted = bool((plain.get("profile") or {}).get("shifted"))
+    if adapt.get("oof_test_like_adapted") is not None and metrics.get("oof_score") is not None:
+        value, oof = float(adapt["oof_test_like_adapted"]), float(metrics["oof_score"])
+        gap = oof - value if greater_is_better(metrics.get("metric", "auc")) else value - oof
+        return {"score": value, "gap": gap, "adapted": True, "shifted": shifted}
+    if plain.get("score") is None:
+        return None
+    return {"score": plain["score"], "gap": plain.get("gap", 0.0), "adapted": False, "shifted": shifted}
+
+
+def test_like_cell(metrics: dict) -> str:
+    """The run's test-like OOF score (test_like_result) with its gap to the plain OOF, `adapted` when it scores the
+    tta.adapt_bn predictions ('' for runs without it: competition.test_encoding, data.test_like_oof)."""
+    like = test_like_result(metrics)
+    if like is None:
         return ""
-    return f"{_fmt(scores['score'])} (gap {scores.get('gap', 0.0):+.4f})"
+    return f"{_fmt(like['score'])} (gap {like['gap']:+.4f}{', adapted' if like['adapted'] else ''})"
+
+
+def shift_line(experiments: list[dict]) -> list[str]:
+    """One line above a section's table when a run's test profile says the test set is encoded otherwise than train:
+    the table still ranks by plain OOF (every run has it), but OOF test-like is the honest order."""
+    shifted = [m["experiment"] for m in experiments if (test_like_result(m) or {}).get("shifted")]
+    if not shifted:
+        return []
+    return [f"Test set encoded unlike train (test profile of {', '.join(shifted[:3])}: shifted): ranked by plain OOF, "
+            f"but OOF test-like is the honest order - compare that column before choosing.", ""]
 
 
 def blend_table(blends: list[dict]) -> list[str]:
@@ -347,9 +386,18 @@ def blend_table(blends: list[dict]) -> list[str]:
         lines.append(f"| {rank} | {b['file']} | {b.get('method', '')}{' (auto)' if b.get('selected_by') == 'auto' else ''} | "
                      f"{_metric_label(b)} | {_fmt(nested.get('mean'))} ± {_fmt(nested.get('std'))} | "
                      f"{_fmt(nested.get('pooled'))} | {_fmt(b.get('in_sample'))} | "
-                     f"{_fmt((b.get('nested_test_like') or {}).get('mean'))} | {rate_txt} | {', '.join(b['members'])} | "
+                     f"{blend_test_like_cell(b.get('nested_test_like'))} | {rate_txt} | {', '.join(b['members'])} | "
                      f"{note} |")
     return lines
+
+
+def blend_test_like_cell(nested: dict | None) -> str:
+    """A blend's nested score on its members' test-like OOF, naming the members whose adapted (tta.adapt_bn) column
+    it used ('' when a member has none)."""
+    if not isinstance(nested, dict) or nested.get("mean") is None:
+        return ""
+    adapted = nested.get("adapted") or []
+    return _fmt(nested["mean"]) + (f" (adapted: {', '.join(adapted)})" if adapted else "")
 
 
 def sections(experiments: list[dict], blends: list[dict]) -> list[tuple[dict, list[dict], list[dict]]]:
@@ -367,7 +415,7 @@ def render(experiments: list[dict], blends: list[dict], data_note: str = "") -> 
     lines = ["# Leaderboard", "", INTRO] + (["", f"Training data: {data_note}."] if data_note else [])
     for scope, exps, mixes in sections(experiments, blends):
         lines += ["", f"## {scope_title(scope)}", ""]
-        lines += experiment_table(exps) if exps else ["No finished experiment in this section."]
+        lines += shift_line(exps) + experiment_table(exps) if exps else ["No finished experiment in this section."]
         if mixes:
             lines += ["", "### Blends", "", BLEND_INTRO, ""] + blend_table(mixes)
     return "\n".join(lines) + "\n"

@@ -21,11 +21,13 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 
 from competition import cli, options
@@ -96,8 +98,39 @@ def as_folds(value: Any) -> str:
     raise refuse("folds", value, "fold numbers: an int, a list of ints or text such as '0,2'")
 
 
+def python_value(value: Any) -> Any:
+    """numpy scalars and arrays (np.True_, np.float32(.5), np.int64(2)), also inside lists, tuples and dicts, as the
+    Python values they hold, so that every parameter and override takes them like bool/float/int."""
+    if isinstance(value, np.floating) and value.dtype.itemsize < 8:
+        return float(str(value))  # np.float32(.1) is 0.1, not 0.10000000149011612
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return type(value)(python_value(v) for v in value)
+    if isinstance(value, Mapping):
+        return {python_value(k): python_value(v) for k, v in value.items()}
+    return value
+
+
+def notebook_wording(message: str) -> str:
+    """A stage's message as a notebook user acts on it: a flag told outside a command line (`--restart`) becomes the
+    method's keyword (restart=True); inside a quoted `./run.sh ...` command it stays, with the keyword added after."""
+    parts, told = message.split("`"), []
+    for flag in BOOLS:
+        option, keyword = f"--{flag.replace('_', '-')}", f"{flag}=True"
+        for i in range(0, len(parts), 2):  # outside backticks
+            parts[i] = re.sub(rf"{option}\b(?![-\w])", keyword, parts[i])
+        if any(re.search(rf"{option}\b(?![-\w])", parts[i]) for i in range(1, len(parts), 2)):
+            told.append(f"{option} is {keyword}")
+    text = "`".join(parts)
+    return text + (f" (in the notebook: {', '.join(told)})" if told else "")
+
+
 def normalise(parameter: str, value: Any) -> Any:
     """One Kit argument checked and converted by its parameter's kind (the single layer every method goes through)."""
+    value = python_value(value)
     if parameter in BOOLS:
         return as_flag(parameter, value)
     if parameter in NAMES or parameter in TEXTS:
@@ -127,6 +160,10 @@ def catch_exit(method: F) -> F:
         try:
             with redirect_stdout(io.StringIO()):
                 return method(**values)
+        except KitError as err:  # the stage's one line, its CLI flags told as this method's keywords
+            if err.args and isinstance(err.args[0], str):
+                err.args = (notebook_wording(err.args[0]), *err.args[1:])
+            raise
         except SystemExit as stop:
             raise UsageError(f"{method.__name__}: the stage stopped (exit {stop.code}) - see the log above") from None
     return call  # type: ignore[return-value]
@@ -164,7 +201,7 @@ def to_overrides(overrides: Overrides) -> list[str]:
         bad_keys = [key for key in overrides if not isinstance(key, str)]
         if bad_keys:
             raise refuse("overrides key", bad_keys[0], "a 'section.key' str")
-        words = [f"{key.strip()}={json.dumps(value)}" for key, value in overrides.items()]
+        words = [f"{key.strip()}={json.dumps(python_value(value))}" for key, value in overrides.items()]
     elif isinstance(overrides, (list, tuple)):
         words = [as_text(f"overrides[{i}]", word) for i, word in enumerate(overrides)]
     else:
@@ -268,6 +305,28 @@ def read_tables(text: str) -> dict[str, list[pd.DataFrame]]:
     return found
 
 
+ANNOTATED = re.compile(r"(?P<value>[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)(?: \((?:gap (?P<gap>[-+]?\d+(?:\.\d+)?)"
+                       r"(?:, )?)?(?P<note>[^()]*)\))?")
+
+
+def split_annotations(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cells `number (gap number, note)` (OOF test-like: "0.48090 (gap +0.0243, adapted)", TTA gain, epochs) as the
+    number, `<column> gap` (a number) and `<column> note` (text) columns, so that every score is a number."""
+    for column in list(frame.columns):
+        cells = frame[column].astype(str)
+        parts = cells.str.fullmatch(ANNOTATED.pattern)
+        if not (parts | cells.eq("")).all() or not cells.str.contains(r" \(", regex=True).any():
+            continue
+        found = cells.str.extract(ANNOTATED.pattern + "$")
+        at = frame.columns.get_loc(column)
+        frame[column] = pd.to_numeric(found["value"], errors="coerce")
+        if found["gap"].notna().any():
+            frame.insert(at + 1, f"{column} gap", pd.to_numeric(found["gap"], errors="coerce"))
+        frame.insert(frame.columns.get_loc(column) + 1 + found["gap"].notna().any(), f"{column} note",
+                     found["note"].fillna("").str.strip())
+    return frame
+
+
 def convert_numbers(frame: pd.DataFrame) -> pd.DataFrame:
     """Columns that are all numbers (or empty) as numbers; the others as the text the file shows."""
     for column in frame.columns:
@@ -350,17 +409,20 @@ class Kit:
             hint = f" - did you mean {near[0]!r}?" if near else ""
             raise UsageError(f"leaderboard(kind={kind!r}): expected 'experiments' (the ranked runs) or 'blends'{hint}")
         tables = read_tables(write_leaderboard(self.project).read_text())[kind]
-        return convert_numbers(pd.concat(tables, ignore_index=True)) if tables else pd.DataFrame()
+        return convert_numbers(split_annotations(pd.concat(tables, ignore_index=True))) if tables else pd.DataFrame()
 
     @catch_exit
     def oof(self, experiment: str) -> pd.DataFrame:
-        """An experiment's out-of-fold predictions (oof.csv: id, fold, target, prob), as `ensemble` reads them."""
+        """An experiment's out-of-fold predictions (oof.csv: id, fold, target, prob), as `ensemble` reads them;
+        .attrs["test_like"]: its test-like column as submitted (the adapted one of a tta.adapt_bn run), or None."""
         from competition.ensemble import load_oof
+        from competition.leaderboard import test_like_column
 
         name = experiment_name(experiment, self.project, "pd.read_csv('{folder}/{name}.oof.csv') for its "
                                "out-of-fold predictions, or kit.oof(<member>)")
         finished_file(self.project, name, "oof.csv")
-        return load_oof(self.project, name)
+        frame = load_oof(self.project, name)
+        return attach(frame, test_like=test_like_column(frame.columns))
 
     @catch_exit
     def predictions(self, experiment: str) -> pd.DataFrame:

@@ -21,7 +21,7 @@ import operator
 import re
 from typing import Any
 
-from competition.config import Range
+from competition.config import Range, not_finite
 
 __all__ = ["Option", "Number", "Choice", "NumberList", "Pattern", "number", "fraction", "port", "choice",
            "number_list", "device", "devices", "python_version", "kaggle_gpu"]
@@ -91,6 +91,10 @@ class Number(Option):
     def parse(self, text: str) -> float | int | None:
         value = _number(self.kind, text)
         return value if value is not None and within(value, self.bound) else None
+
+    def hint(self, text: str) -> str:
+        """NaN or an infinity (any spelling) is named as such: a finite number is needed."""
+        return " (NaN and infinity are not values here: give a finite number)" if not_finite(text) else ""
 
 
 class Choice(Option):
@@ -227,3 +231,94 @@ def python_version() -> Pattern:
 def kaggle_gpu() -> Pattern:
     """A Kaggle GPU machine shape (the kit's kernel trains on a GPU): Nvidia..., e.g. NvidiaTeslaT4 (2x T4)."""
     return Pattern(r"Nvidia[A-Za-z0-9]{2,40}", "a Kaggle GPU machine shape such as NvidiaTeslaT4 (2x T4)")
+
+
+# Kaggle's machine shapes (`kaggle kernels push --accelerator`, kernel-metadata.json machine_shape) as the kaggle CLI's
+# docs list them (docs/kernels.md, "Accelerators available as of Sep 2026"), by kind; "cpu" is the kit's word for a
+# kernel without accelerator (Kaggle has no shape name for it). Kaggle adds shapes: a well-formed Nvidia... name not
+# listed here is passed on with a warning (see Accelerator); add it here once it is known.
+KAGGLE_MACHINES = {"NvidiaTeslaT4": "gpu", "NvidiaTeslaT4Highmem": "gpu", "NvidiaL4": "gpu", "NvidiaL4X1": "gpu",
+                   "NvidiaTeslaA100": "gpu", "NvidiaH100": "gpu", "NvidiaRtxPro6000": "gpu", "TpuV5E8": "tpu",
+                   "TpuV6E8": "tpu", "cpu": "cpu"}
+# retired shape -> what Kaggle runs instead (the kaggle CLI 2.x warns about these; the session is substituted)
+RETIRED_MACHINES = {"NvidiaTeslaP100": "NvidiaTeslaT4", "TpuV38": "TpuV5E8", "Tpu1VmV38": "TpuV5E8", "TpuV232": "cpu",
+                    "TpuV2256": "cpu"}
+# short names people type -> the listed shape they mean (suggested, never accepted: the refusal names the shape)
+MACHINE_ALIASES = {"t4": "NvidiaTeslaT4", "teslat4": "NvidiaTeslaT4", "nvidiat4": "NvidiaTeslaT4",
+                   "t4x2": "NvidiaTeslaT4", "gput4": "NvidiaTeslaT4", "gput4x2": "NvidiaTeslaT4",
+                   "gpu": "NvidiaTeslaT4", "cuda": "NvidiaTeslaT4", "nvidia": "NvidiaTeslaT4",
+                   "t4highmem": "NvidiaTeslaT4Highmem", "l4": "NvidiaL4",
+                   "l4x1": "NvidiaL4X1", "a100": "NvidiaTeslaA100", "nvidiaa100": "NvidiaTeslaA100",
+                   "h100": "NvidiaH100", "rtxpro6000": "NvidiaRtxPro6000", "rtx6000": "NvidiaRtxPro6000",
+                   "tpu": "TpuV5E8", "tpuv5": "TpuV5E8", "v5e8": "TpuV5E8", "tpuv6": "TpuV6E8", "v6e8": "TpuV6E8",
+                   "p100": "NvidiaTeslaP100", "teslap100": "NvidiaTeslaP100", "nvidiap100": "NvidiaTeslaP100",
+                   "tpuv3": "TpuV38", "none": "cpu", "nogpu": "cpu"}
+KIND_WORDS = {"gpu": "a GPU shape", "tpu": "a TPU shape", "cpu": "no accelerator (a CPU kernel)"}
+
+
+def machine_key(text: str) -> str:
+    """A machine name compared without case, spaces, dashes, dots or underscores: 'Nvidia Tesla-T4' -> nvidiateslat4."""
+    return re.sub(r"[\s_.\-]+", "", str(text)).lower()
+
+
+class Accelerator(Option):
+    """A Kaggle machine shape of the allowed kinds, spelt as Kaggle spells it whatever the case, spaces or dashes
+    typed; a near miss (NvidiaTeslaT4x2, T4, P100, gpu, tpu, a retired shape) is refused naming the shape meant; a
+    well-formed Nvidia... name that is near no listed shape is passed on as typed (Kaggle adds shapes: warned by
+    `unlisted`, and its speed factor is assumed)."""
+
+    def __init__(self, kinds: tuple = ("gpu",), why: str = ""):
+        self.kinds, self.why = tuple(kinds), why
+        self.names = {machine_key(n): n for n in KAGGLE_MACHINES}
+
+    def describe(self) -> str:
+        names = ", ".join(n for n, k in KAGGLE_MACHINES.items() if k in self.kinds)
+        more = " (an unlisted NvidiaXxx shape is passed on with a warning)" if "gpu" in self.kinds else ""
+        return f"a Kaggle machine shape: {names}{more}"
+
+    def parse(self, text: str) -> str | None:
+        key = machine_key(text)
+        if key in self.names:
+            return self.names[key] if KAGGLE_MACHINES[self.names[key]] in self.kinds else None
+        if self.meant(key) or "gpu" not in self.kinds or not re.fullmatch(r"nvidia[a-z0-9]{2,40}", key):
+            return None
+        return "Nvidia" + re.sub(r"[\s_.\-]+", "", text)[6:]  # the typed spelling after 'Nvidia'
+
+    def meant(self, key: str) -> str:
+        """The listed (or retired) shape a near miss means; '' when key is near none."""
+        retired = {machine_key(n): n for n in RETIRED_MACHINES}
+        if key in retired or key in MACHINE_ALIASES:
+            return retired.get(key) or MACHINE_ALIASES[key]
+        counted = [n for k, n in self.names.items() if re.fullmatch(re.escape(k) + r"x\d{1,2}", key)]  # ...T4x2
+        known = {**self.names, **retired}
+        close = [k for k in difflib.get_close_matches(key, list(known), n=3, cutoff=0.85)
+                 if re.sub(r"\d", "", k) != re.sub(r"\d", "", key)]  # H200 is another GPU, not a typo of H100
+        return counted[0] if counted else (known[close[0]] if close else "")
+
+    def hint(self, text: str) -> str:
+        key = machine_key(text)
+        pick = next(n for n, k in KAGGLE_MACHINES.items() if k in self.kinds)
+        name = self.names.get(key) or self.meant(key)
+        if not name:
+            loose = difflib.get_close_matches(key, list(self.names), n=1, cutoff=0.6)
+            return f" (did you mean {self.names[loose[0]]}?)" if loose else ""
+        if name in RETIRED_MACHINES:
+            new = RETIRED_MACHINES[name]
+            return (f" ({name} is retired on Kaggle: its sessions run on {new} instead - pass "
+                    f"{new if KAGGLE_MACHINES[new] in self.kinds else pick})")
+        if KAGGLE_MACHINES[name] not in self.kinds:
+            return f" ({name} is {KIND_WORDS[KAGGLE_MACHINES[name]]}: {self.why or 'not usable here'} - pass {pick})"
+        return f" (did you mean {name}?)"
+
+    @staticmethod
+    def unlisted(name: str) -> str:
+        """A warning for a shape passed on without being listed ('' for a listed one)."""
+        if name in KAGGLE_MACHINES:
+            return ""
+        return (f"--accelerator {name} is not among the Kaggle machine shapes the kit lists (competition/options.py "
+                f"KAGGLE_MACHINES): passed on as typed; Kaggle refuses it if it has no such shape")
+
+
+def accelerator(kinds: tuple = ("gpu",), why: str = "") -> Accelerator:
+    """A Kaggle machine shape (`--accelerator`) of the given kinds (gpu, cpu, tpu); why: why the others are refused."""
+    return Accelerator(kinds, why)

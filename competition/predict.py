@@ -10,6 +10,9 @@ an image of the test set gets the label the submission gave it (rank blends rank
 test predictions). Unreadable images are flagged with the reason and
 get no label (-1 in the CSV); no path is ever dropped. An unfinished experiment (a fold missing, not assembled,
 or still training) is refused with the fix; --allow-incomplete uses it anyway, with a loud warning.
+A run with tta.adapt_bn adapts each fold model's BatchNorm on the images given (competition.adapt.adapt_models; at
+least adapt.MIN_IMAGES of them, else unadapted with one warning): predict a whole test set at once to get the
+run's adapted predictions. --onnx runs the export as it is (unadapted, warned).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from competition.decode import BadImageError, decode_image
 from competition.errors import DataError
 from competition.image_cache import BAD, ImageCache
 from competition.project import Project, inside
+from competition.test_encoding import test_files_digest
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,16 @@ def check_config_unchanged(cfg: Config, out: Path) -> None:
 
 
 def inputs_fingerprint(train: pd.DataFrame, test: pd.DataFrame) -> dict:
-    """Hashes of what changes results besides the config: training ids, labels and folds; test ids in order."""
+    """Hashes of what changes results besides the config: training ids, labels and folds; test ids in order; the
+    test files' content (test_encoding.test_files_digest: id, size, mtime of each)."""
     digest = lambda frame: hashlib.sha1(frame.to_csv(index=False).encode()).hexdigest()[:16]  # noqa: E731
     return {"train": digest(train[["id", "label", "fold"]]), "test": digest(test[["id"]]),
-            "n_train": len(train), "n_test": len(test)}
+            "test_files": test_files_digest(test) if "path" in test else None, "n_train": len(train), "n_test": len(test)}
 
 
 def check_inputs_unchanged(out: Path, train: pd.DataFrame, test: pd.DataFrame) -> None:
-    """Refuse to resume when train.csv, the folds or test.csv changed since the outputs were made; record them."""
+    """Refuse to resume when train.csv, the folds or test.csv changed since the outputs were made; when only the
+    test files' content changed (same names), forget the test predictions (forget_test_predictions); record them."""
     now, file = inputs_fingerprint(train, test), out / "inputs.json"
     if file.is_file():
         try:
@@ -81,7 +84,21 @@ def check_inputs_unchanged(out: Path, train: pd.DataFrame, test: pd.DataFrame) -
             raise DataError(f"{out}: the {what} changed since these outputs were made ({saved.get('n_train')} -> "
                             f"{now['n_train']} train, {saved.get('n_test')} -> {now['n_test']} test rows); "
                             f"{RESTART_ADVICE}, or use a new experiment name")
+        if (saved.get("test_files") or now["test_files"]) != now["test_files"]:  # older records lack it: stamped
+            forget_test_predictions(out)
     write_json(file, now)
+
+
+def forget_test_predictions(out: Path) -> None:
+    """The test files changed in place: delete the folds' (and the run's) test predictions, so every fold is
+    predicted again - test predictions and the test-like OOF, which imitates the test profile - from its
+    checkpoints (last.pt: no retraining); one INFO line says why."""
+    stale = sorted(out.glob("fold*/test.csv"))
+    log.info("%s: the test files changed since these outputs were made (same names, other content): the test "
+             "predictions of %s and the test-like OOF are computed again from the fold checkpoints", out,
+             ", ".join(f.parent.name for f in stale) or "no finished fold")
+    for path in stale + [out / "test.csv"]:
+        path.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -7,6 +7,9 @@ GET /            the page (drag and drop, or choose a file)
 POST /predict    multipart field `file` -> {"prob", "label", "label_name", "threshold", "gradcam_png", ...}
 GET /health      {"status": "ok", "model": ...}
 
+A request is one image: a run's tta.adapt_bn (BatchNorm adapted on a batch of test images) is not applied
+per request; serve answers unadapted and warns once at start.
+
 Binds to 127.0.0.1 by default; a --host that does not resolve or a --port in use is refused before the model loads. Non-images get 415, uploads over --max-mb get 413, both with a JSON reason.
 An unfinished experiment (a fold missing, not assembled, or still training) is refused with the fix;
 --allow-incomplete serves it anyway, with a loud warning (threshold 0.5 when it has none yet).
@@ -81,6 +84,7 @@ class Predictor:
         self.members = [load_experiment(project, m, device, allow_incomplete)
                         for m in (self.blend.members if self.blend else [target])]
         self.threshold = self.blend.threshold if self.blend else self.members[0].threshold
+        warn_unadapted(self.members)
 
     def predict(self, image: np.ndarray) -> dict:
         """Probability, label and a Grad-CAM overlay (first member) for one RGB image."""
@@ -99,6 +103,16 @@ class Predictor:
         except GradCamUnsupported as err:
             out["gradcam_error"] = str(err)
         return out
+
+
+def warn_unadapted(members: list) -> None:
+    """One warning at start naming the members whose run used tta.adapt_bn: a request is one image, which has no
+    batch statistics to adapt on, so serve answers with the unadapted fold models (by design, no batch endpoint)."""
+    adapted = [exp.name for exp in members if exp.cfg.tta.adapt_bn]
+    if adapted:
+        log.warning("serve: %s ran with tta.adapt_bn, which is NOT applied per request (one image has no batch "
+                    "statistics): answers are unadapted and can differ from its test.csv; predict a whole test set "
+                    "adapted with `python -m competition.predict <exp> <folder>` or kaggle_predict", ", ".join(adapted))
 
 
 class BodyLimit:

@@ -7,11 +7,14 @@ Up to `folds.shift_sample` images of each side are compared two ways, each cross
   boosting; the features that separate the sides are listed as cues;
 - pixels, through frozen backbone embeddings (`folds.embed_model`), with a logistic regression.
 An AUC near 0.5 means the test set looks like the training set; above the threshold (0.65) it does not,
-and CV will overstate the leaderboard. The report goes beside the folds file: <folds stem>_shift.md/.json.
+and CV will overstate the leaderboard. The report goes beside the folds file: <folds stem>_shift.md/.json, which
+records the test set it measured (test_digest): when the test files change in place, the next `./run.sh folds` or
+run measures again (refresh_shift). With fewer than MIN_PER_SIDE images on a side the check is skipped (one WARNING).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -31,13 +34,28 @@ from competition.embed import embed_config
 from competition.errors import ConfigError, DataError
 from competition.project import Project
 from competition.tables import load_test_table, load_train_table
+from competition.test_encoding import test_files_digest
 
 log = logging.getLogger(__name__)
 
-ADVICE = ("the test set differs from the training set: CV will overstate the leaderboard. Metadata cues: give both "
+ADVICE = ("the test set differs from the training set: CV will overstate the leaderboard. Trust 'OOF test-like' "
+          "(metrics.json oof_test_like, the leaderboard column) over plain OOF; remedies measured in README 'When the "
+          "shift check warns': pseudo-labels, data.match_test, tta.adapt_bn. Metadata cues: give both "
           "sides one encoding (data.normalize_encoding) and one geometry (native crops of one size). Pixel shift "
           "(other generators, other content): trust the OOD score (`--ood`) and augmentation over small CV gains, "
           "and validate on the training images the shift classifier finds most test-like")
+
+
+MIN_PER_SIDE = 2  # fewer training or test images than this: nothing to cross-validate, the check is skipped
+
+
+def too_few(n_train: int, n_test: int) -> str | None:
+    """Why the check cannot run on these side sizes (None when it can): each side needs MIN_PER_SIDE images."""
+    if min(n_train, n_test) >= MIN_PER_SIDE:
+        return None
+    return (f"too few images to compare ({n_train} training, {n_test} test; at least {MIN_PER_SIDE} each) - "
+            f"a placeholder test set (code competitions) cannot be checked; run `./run.sh audit --shift` on the "
+            f"real test set")
 
 
 def sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -69,6 +87,8 @@ def check_shift(cfg: Config, project: Project, train_paths: list[str], test_path
     """Metadata and pixel AUCs of telling train from test, the metadata cues, and a verdict."""
     train_paths = [train_paths[i] for i in sample_rows(len(train_paths), cfg.folds.shift_sample)]
     test_paths = [test_paths[i] for i in sample_rows(len(test_paths), cfg.folds.shift_sample, 1)]
+    if reason := too_few(len(train_paths), len(test_paths)):
+        raise DataError(f"shift check: {reason}")
     paths = train_paths + test_paths
     is_test = np.r_[np.zeros(len(train_paths), int), np.ones(len(test_paths), int)]
     fold = side_folds(is_test)
@@ -135,11 +155,41 @@ def write_shift_report(report: dict, out_dir, stem: str):
     return md
 
 
-def shift_beside_folds(cfg: Config, project: Project, train: pd.DataFrame, test: pd.DataFrame) -> dict:
-    """Run the shift check for a competition and write its report beside the folds file."""
+def test_digest(cfg: Config, test: pd.DataFrame) -> str:
+    """What a shift report was measured on: every test file's id, size and mtime (a test set changed in place
+    changes it) and the sample size."""
+    return f"{cfg.folds.shift_sample}:{test_files_digest(test)}"
+
+
+def shift_beside_folds(cfg: Config, project: Project, train: pd.DataFrame, test: pd.DataFrame) -> dict | None:
+    """Run the shift check for a competition and write its report beside the folds file (recording the test set it
+    measured); with too few images, one WARNING and no report (an older one is removed: it measured another set)."""
+    stem = project.folds_file(cfg).stem
+    if reason := too_few(min(len(train), cfg.folds.shift_sample), min(len(test), cfg.folds.shift_sample)):
+        log.warning("shift check SKIPPED: %s", reason)
+        for suffix in ("md", "json"):
+            (project.folds / f"{stem}_shift.{suffix}").unlink(missing_ok=True)
+        return None
     report = check_shift(cfg, project, train["path"].tolist(), test["path"].tolist())
-    write_shift_report(report, project.folds, project.folds_file(cfg).stem)
+    report["test_digest"] = test_digest(cfg, test)
+    write_shift_report(report, project.folds, stem)
     return report
+
+
+def refresh_shift(cfg: Config, project: Project, train: pd.DataFrame, test: pd.DataFrame) -> None:
+    """Existing folds: run the shift check again when its report measured another test set (files changed in place,
+    or a report from before the kit recorded it) - one INFO line says why. No report: nothing to refresh."""
+    file = project.folds / f"{project.folds_file(cfg).stem}_shift.json"
+    if not (cfg.folds.shift_check and file.is_file()):
+        return
+    try:
+        recorded = json.loads(file.read_text()).get("test_digest")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded == test_digest(cfg, test):
+        return
+    log.info("%s measured another test set (the test files changed since): running the shift check again", file)
+    shift_beside_folds(cfg, project, train, test)
 
 
 def main(argv: list[str] | None = None, project: Project | None = None) -> int:
@@ -159,6 +209,7 @@ def main(argv: list[str] | None = None, project: Project | None = None) -> int:
         if not len(test):
             raise DataError("the competition has no test images to compare with the training set")
         report = check_shift(cfg, project, train["path"].tolist(), test["path"].tolist(), args.threshold)
+        report["test_digest"] = test_digest(cfg, test)
         write_shift_report(report, project.folds, project.folds_file(cfg).stem)
         print(report["verdict"])  # noqa: T201 - the CLI's answer
         return 1 if report["shifted"] else 0

@@ -5,7 +5,9 @@ re-encoded at half size as JPEG q70). Then the plain OOF score promises what the
 - `measure_encoding`: the encoding profile of a set of images from their headers (format, JPEG quality, chroma
   subsampling, pixel count per sampled image; competition.audit reads them);
 - `test_profile`: the test set's profile relative to train (a resize scale from the median pixel counts), cached
-  beside the folds file as <folds stem>_test_encoding.json, recomputed when the test (or train) table changes;
+  beside the folds file as <folds stem>_test_encoding.json, recomputed when the test (or train) table or a test
+  file's content (size/mtime: files_digest) changes, and when the cached file fails validation (profile_problem:
+  one WARNING naming it);
 - `TestLikeEncoder`: re-encodes a decoded image like a test image (one test encoding drawn per key, seeded);
 - `test_like_dataset`: the eval geometry with every image re-encoded like a test image first (OOF test-like).
 
@@ -105,20 +107,98 @@ def encoding_differs(test: dict, train: dict, scale: float) -> bool:
         apart(test["subsampling"], train["subsampling"]) or quality_apart
 
 
-def table_digest(train: pd.DataFrame, test: pd.DataFrame, sample: int = 200, measured: int = 0) -> str:
-    """What the cached profile depends on: both tables' ids and paths, size/mtime of some test files, and how many
-    images per side are measured."""
+def files_digest(paths: list[str], keys: list[str] | None = None) -> str:
+    """A cheap fingerprint of files' content: each file's key (its id; the path when none) with its size and
+    mtime_ns - a file rewritten in place under the same name changes it, a project folder moved or copied with
+    its times kept does not; a missing file counts as missing."""
+    digest = hashlib.sha1()
+    for path, key in zip(paths, keys if keys is not None else paths):
+        try:
+            st = os.stat(path)
+            digest.update(f"{key}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{key}|missing\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def test_files_digest(test: pd.DataFrame) -> str:
+    """files_digest of a test table, keyed by id (what inputs.json and the shift report record)."""
+    return files_digest(test["path"].astype(str).tolist(), test["id"].astype(str).tolist())
+
+
+def table_digest(train: pd.DataFrame, test: pd.DataFrame, measured: int = 0, sample: int = 200) -> str:
+    """What the cached profile depends on (metrics.json's oof_test_like.profile.digest): both tables' ids, every
+    test file's size/mtime and those of up to `sample` training files (keyed by id, so a project folder moved with
+    its file times kept keeps it), and how many images per side are measured."""
     digest = hashlib.sha1(f"v{VERSION}|{measured}".encode())
     for frame in (train, test):
-        digest.update(pd.util.hash_pandas_object(frame[["id", "path"]].astype(str), index=False).values.tobytes())
-    paths = test["path"].tolist()
-    for i in np.linspace(0, len(paths) - 1, min(sample, len(paths))).astype(int) if paths else []:
-        try:
-            st = os.stat(paths[i])
-            digest.update(f"{paths[i]}|{st.st_size}|{st.st_mtime_ns}".encode())
-        except OSError:
-            digest.update(f"{paths[i]}|missing".encode())
+        digest.update(pd.util.hash_pandas_object(frame["id"].astype(str), index=False).values.tobytes())
+    some = train.iloc[np.unique(np.linspace(0, len(train) - 1, min(sample, len(train))).astype(int))] if len(train) \
+        else train
+    digest.update(f"{test_files_digest(test)}|{test_files_digest(some)}".encode())
     return digest.hexdigest()[:16]
+
+
+def is_number(value, low: float, high: float, low_open: bool = False) -> bool:
+    """Whether a JSON value is a real number (not a bool or text) within [low, high] ((low, high] when low_open)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        return False
+    return (low < value if low_open else low <= value) and value <= high
+
+
+def row_problem(row) -> str | None:
+    """What is wrong with one cached profile row (None when it is a valid measured row)."""
+    if not isinstance(row, dict):
+        return f"a row is {type(row).__name__}, not an object"
+    if not isinstance(row.get("format"), str) or not row["format"]:
+        return f"row format {row.get('format')!r} is not a format name"
+    quality = row.get("quality")
+    if quality is not None and not (is_number(quality, 1, 100) and float(quality).is_integer()):
+        return f"row quality {quality!r} is not a whole number 1-100 (or null)"
+    if not (is_number(row.get("subsampling"), -1, 2) and float(row["subsampling"]).is_integer()):
+        return f"row subsampling {row.get('subsampling')!r} is not -1, 0, 1 or 2"
+    if not (is_number(row.get("pixels"), 0, float("inf"), low_open=True) and float(row["pixels"]).is_integer()):
+        return f"row pixels {row.get('pixels')!r} is not a whole number > 0"
+    return None
+
+
+def summary_problem(summary, name: str) -> str | None:
+    """What is wrong with a cached profile summary (`name` says which) - None when valid."""
+    if not isinstance(summary, dict):
+        return f"{name} is {type(summary).__name__}, not an object"
+    checks = {"n": is_number(summary.get("n"), 0, float("inf")) and float(summary["n"]).is_integer(),
+              "median_pixels": is_number(summary.get("median_pixels"), 0, float("inf")),
+              "jpeg_quality_median": summary.get("jpeg_quality_median") is None
+              or is_number(summary.get("jpeg_quality_median"), 1, 100)}
+    for key in ("formats", "subsampling"):
+        shares_ = summary.get(key)
+        checks[key] = isinstance(shares_, dict) and all(is_number(v, 0, 1) for v in shares_.values())
+    bad = [key for key, ok in checks.items() if not ok]
+    return f"{name}.{bad[0]} {summary.get(bad[0])!r} is missing, of the wrong type or out of range" if bad else None
+
+
+def profile_problem(profile) -> str | None:
+    """What is wrong with a cached test profile (types, ranges, and scale/shifted agreeing with its own summaries,
+    as test_profile computes them); None when it can be used."""
+    if not isinstance(profile, dict):
+        return f"it holds {type(profile).__name__}, not an object"
+    rows = profile.get("rows")
+    if not isinstance(rows, list):
+        return f"rows {rows!r} is not a list"
+    problem = next((p for p in map(row_problem, rows) if p), None) or \
+        summary_problem(profile.get("summary"), "summary") or summary_problem(profile.get("train"), "train")
+    if problem:
+        return problem
+    test, train, scale = profile["summary"], profile["train"], profile.get("scale")
+    if test["n"] != len(rows):
+        return f"summary.n {test['n']} is not the number of rows ({len(rows)})"
+    if not is_number(scale, 0, float("inf"), low_open=True) or \
+            abs(scale - resize_scale(test["median_pixels"], train["median_pixels"])) > 1e-3:
+        return f"scale {scale!r} is not the resize scale of its median pixel counts (a number > 0)"
+    shifted = bool(rows) and encoding_differs(test, train, float(scale))
+    if profile.get("shifted") is not shifted:
+        return f"shifted {profile.get('shifted')!r} does not follow from its summaries ({shifted})"
+    return None
 
 
 def profile_file(cfg: Config, project: Project) -> Path:
@@ -133,12 +213,9 @@ def test_profile(cfg: Config, project: Project, train: pd.DataFrame, test: pd.Da
         return None
     file, digest = profile_file(cfg, project), table_digest(train, test, measured=cfg.folds.shift_sample)
     if file.is_file():
-        try:
-            cached = json.loads(file.read_text())
-            if isinstance(cached, dict) and cached.get("digest") == digest:
-                return cached
-        except (OSError, ValueError):
-            log.warning("%s unreadable: measuring the test encoding again", file)
+        cached = read_profile(file, digest)
+        if cached is not None:
+            return cached
     test_side = measure_encoding(test["path"].tolist(), cfg.folds.shift_sample, seed=1)
     train_side = measure_encoding(train["path"].tolist(), cfg.folds.shift_sample, seed=0)
     scale = resize_scale(test_side["summary"]["median_pixels"], train_side["summary"]["median_pixels"])
@@ -146,11 +223,30 @@ def test_profile(cfg: Config, project: Project, train: pd.DataFrame, test: pd.Da
     profile = {"version": VERSION, "digest": digest, "rows": test_side["rows"], "summary": test_side["summary"],
                "train": train_side["summary"], "scale": scale, "shifted": shifted}
     profile["summary"]["scale"], profile["summary"]["shifted"] = scale, profile["shifted"]
+    profile["summary"]["digest"] = digest  # metrics.json oof_test_like.profile.digest: the profile a score used
     file.parent.mkdir(parents=True, exist_ok=True)
     write_json(file, profile)
     log.info("test encoding %s: %s (scale %.3f) -> %s", "SHIFTED" if profile["shifted"] else "like train",
              profile["summary"]["formats"], scale, file)
     return profile
+
+
+def read_profile(file: Path, digest: str) -> dict | None:
+    """The cached profile when it is for these tables (digest) and valid (profile_problem); else None, after one
+    WARNING naming the file when it is unreadable or invalid (the caller measures again)."""
+    try:
+        cached = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        log.warning("%s unreadable (%s): measuring the test encoding again", file, err)
+        return None
+    if not isinstance(cached, dict) or cached.get("digest") != digest:
+        return None  # made from other tables: measured again (not a mistake)
+    problem = profile_problem(cached)
+    if problem:
+        log.warning("%s: %s - ignoring it and measuring the test encoding again", file, problem)
+        return None
+    cached["summary"]["digest"] = digest
+    return cached
 
 
 def seeded_rng(seed: int, key: str) -> np.random.Generator:
@@ -224,6 +320,7 @@ def test_like_dataset(cfg: Config, paths: list[str], ids: list[str], profile: di
 
 
 test_profile.__test__ = test_like_dataset.__test__ = False  # named for the test set, not pytest tests (when imported)
+test_files_digest.__test__ = False
 
 
 class MatchTest:

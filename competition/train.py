@@ -215,7 +215,7 @@ def train_one_epoch(state: TrainState, runner: torch.nn.Module, loader: DataLoad
             logits = runner(images).float()
         loss = (per_image_loss(logits, target, cfg) * weight).sum() / weight.sum().clamp(min=1.0)
         group = min(accum, len(loader) - step // accum * accum)  # micro-steps in this group (the last may be short)
-        state.scaler.scale(loss / group).backward()
+        backward(state, loss / group, cfg.train.grad_checkpointing)
         if (step + 1) % accum == 0 or step + 1 == len(loader):
             _optimizer_step(state, cfg.train.clip_grad)
         loss_sum += loss.detach() * len(images)
@@ -281,6 +281,27 @@ def _optimizer_step(state: TrainState, clip_grad: float = 0.0) -> bool:
         if state.ema is not None:  # with warmup, the decay follows the optimizer step count (the schedule's)
             state.ema.update(state.model, step=state.scheduler.last_epoch if state.ema.use_warmup else None)
     return stepped
+
+
+def norm_statistics(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The running buffers of every BatchNorm layer (mean, variance, batch count), in module order."""
+    norms = (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    return [b for m in norms for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+
+
+def backward(state: TrainState, loss: torch.Tensor, checkpointed: bool) -> None:
+    """loss.backward() through the scaler. Under activation checkpointing the backward recomputes the forward, which
+    would update BatchNorm running statistics a second time with the same batch: they are put back as the training
+    forward left them, so checkpointing changes memory and time, not the model."""
+    if not checkpointed:
+        state.scaler.scale(loss).backward()
+        return
+    buffers = norm_statistics(state.model)
+    saved = [b.clone() for b in buffers]
+    state.scaler.scale(loss).backward()
+    with torch.no_grad():
+        for buffer, value in zip(buffers, saved):
+            buffer.copy_(value)
 
 
 def validate(model: torch.nn.Module, loader: DataLoader, target: np.ndarray, cfg: Config, device: torch.device,

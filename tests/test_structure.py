@@ -164,3 +164,11 @@ def test_the_layer_check_sees_an_upward_import():
 @pytest.mark.parametrize("module", ["compare", "kaggle_kernel"])
 def test_results_and_kaggle_tools_do_not_import_the_orchestrator(module):
     assert "experiment" not in imports_of(module)
+
+
+def test_python_m_commands_are_the_modules_with_a_main():
+    """competition/__init__.py refuses `python -m competition.X` unless X is a command, derived from the source (a
+    main guard calling main()); that must be every module with a `def main(`, and nothing else."""
+    import competition
+
+    assert competition.command_modules() == CLI_MODULES
