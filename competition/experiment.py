@@ -210,11 +210,13 @@ def main_first(dist: Dist, step: Callable[[], T]) -> T:
     return step()
 
 
-def prepare_run(cfg: Config, project: Project, out: Path, ood: bool, device: str | None, dist: Dist = SINGLE) -> Run:
-    """Tables (folds built and audited once), the input fingerprint check, caches and the device."""
+def prepare_run(cfg: Config, project: Project, out: Path, ood: bool, device: str | None, dist: Dist = SINGLE,
+                predicts: bool = True) -> Run:
+    """Tables (folds built and audited once), the input fingerprint check (`predicts`: False for --assemble, which
+    refuses stale test predictions instead of recomputing them), caches and the device."""
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     train, test = main_first(dist, lambda: load_tables(cfg, project, "ood_fold" if ood else "fold"))
-    on_main(dist, lambda: check_inputs_unchanged(out, train, test))
+    on_main(dist, lambda: check_inputs_unchanged(out, train, test, forget=predicts))
     cache_dir = project.cache_dir(cfg)
     caches = main_first(dist, lambda: {split: open_cache(frame["path"].tolist(), cfg.data.cache, cache_dir)
                                        for split, frame in (("train", train), ("test", test))})
@@ -290,7 +292,7 @@ def run_experiment(cfg: Config, project: Project, restart: bool = False, ood: bo
         on_main(dist, lambda: open_outputs(cfg, out, restart))
         t0, wall_file = time.perf_counter(), out / "wall_s.json"
         wall_before = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
-        run = prepare_run(cfg, project, out, ood, device, dist)
+        run = prepare_run(cfg, project, out, ood, device, dist, predicts=mode != "assemble")
         folds = folds or list(cfg.train.folds) or list(range(run.n_folds))
         if mode == "all":
             (workers or (lambda ks: train_folds(cfg, project, out, run, ks)))(folds)

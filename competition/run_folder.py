@@ -69,9 +69,10 @@ def inputs_fingerprint(train: pd.DataFrame, test: pd.DataFrame) -> dict:
             "test_files": test_files_digest(test) if "path" in test else None, "n_train": len(train), "n_test": len(test)}
 
 
-def check_inputs_unchanged(out: Path, train: pd.DataFrame, test: pd.DataFrame) -> None:
+def check_inputs_unchanged(out: Path, train: pd.DataFrame, test: pd.DataFrame, forget: bool = True) -> None:
     """Refuse to resume when train.csv, the folds or test.csv changed since the outputs were made; when only the
-    test files' content changed (same names), forget the test predictions (forget_test_predictions); record them."""
+    test files' content changed (same names), forget the test predictions (forget_test_predictions) - or, when
+    `forget` is False (--assemble, which predicts nothing), refuse and say how to predict them again; record them."""
     now, file = inputs_fingerprint(train, test), out / "inputs.json"
     if file.is_file():
         try:
@@ -85,6 +86,10 @@ def check_inputs_unchanged(out: Path, train: pd.DataFrame, test: pd.DataFrame) -
                             f"{now['n_train']} train, {saved.get('n_test')} -> {now['n_test']} test rows); "
                             f"{RESTART_ADVICE}, or use a new experiment name")
         if (saved.get("test_files") or now["test_files"]) != now["test_files"]:  # older records lack it: stamped
+            if not forget:
+                raise DataError(f"{out}: the test files changed since these outputs were made (same names, other "
+                                f"content), so its test predictions are stale: run `./run.sh {out.name}` to predict "
+                                f"them again from the fold checkpoints (no training), which also assembles")
             forget_test_predictions(out)
     write_json(file, now)
 

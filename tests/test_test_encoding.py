@@ -281,7 +281,9 @@ def test_trained_run_gains_the_test_like_column_without_retraining(trained_proje
     assert "OOF test-like" in board
     best = {k: (out / f"fold{k}" / "best.pt").stat().st_mtime_ns for k in (0, 1)}
     reencode_test_images(home, quality=60, scale=0.5)
-    call_kit(home, "competition.experiment", "done", "--assemble")
+    refused = call_kit(home, "competition.experiment", "done", "--assemble", check=False)  # stale test predictions
+    assert refused.returncode == 2 and "test files changed" in refused.stderr and (out / "fold0" / "test.csv").is_file()
+    call_kit(home, "competition.experiment", "done")  # predicts the changed test files again, then assembles
     assert {k: (out / f"fold{k}" / "best.pt").stat().st_mtime_ns for k in (0, 1)} == best  # nothing retrained
     oof = pd.read_csv(out / "oof.csv")
     assert "prob_test_like" in oof and oof["prob_test_like"].between(0, 1).all()
