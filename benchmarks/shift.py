@@ -5,6 +5,15 @@ whether OOF test-like (competition.test_encoding) predicts it, and how much each
     export PYTHONPATH=.. MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296   # as run.sh sets
     ../.venv/bin/python shift.py /tmp/shift            # full: 2,000 CIFAKE images, 2 folds, mobilenetv3 x2, 2 epochs
     ../.venv/bin/python shift.py /tmp/shift_q --quick  # 3 min: 160 images, 2 folds, 1 epoch, 1 shift (the test's)
+    ../.venv/bin/python shift.py /tmp/shift_replica --data /tmp/replica --retrain largest   # large images
+
+--data DIR takes a Kaggle-layout folder instead of CIFAKE (train.csv file_name,label; test.csv id), such as the
+replica (make_replica.py). Its defaults suit large images: 600 training images drawn as whole scenes (scenes.csv,
+the replica's twin truth, becomes the copies' train.csv `scene` column and folds.group_column, so twins never
+cross folds; the source competition.yaml's folds settings are copied too), 128 px native crops of the `forensic`
+preset, no upscale, batch 16, and test images drawn from training rows of held-out scenes (--test-from train):
+the replica's own test set is already re-encoded, so the "clean" copy would not be clean. --retrain largest
+trains match_test and pseudo on the shift with the largest base drop, once every shift is scored.
 
 A CIFAKE subset is the training set of one "clean" competition copy (test images as they come), where the base
 experiment is trained once. For each shift S (JPEG q60-75 / q70, WebP, 0.5x / 0.75x resize, 0.75x + JPEG q65),
@@ -110,10 +119,65 @@ class Plan:
     shifts: tuple[str, ...]
     retrain: tuple[str, ...]
     tools: str = "other"  # how the true shift is made: "other" tools than the kit's test-like encoder, or "kit"
+    data: str = ""  # source competition folder (Kaggle layout: train.csv file_name,label; test.csv id); "" = CIFAKE
+    img_size: int = 32  # data.img_size of the experiments (native crops with the forensic preset)
+    augment: str = "forensic"  # data.augment preset of the experiments
+    test_from: str = "test"  # "test": the source's test images; "train": training rows of held-out groups (as
+    # encoded as train, so the clean copy has no shift of its own: the replica's test set is already re-encoded)
+    group_column: str = ""  # a train.csv column of the copies (from the source's scenes.csv) that folds group by
+    batch_size: int = 64  # train.batch_size (--data: 16, so 300 images a fold still make ~19 steps an epoch)
 
 
 FULL = Plan(2000, 1000, 2, 2, "tf_mobilenetv3_small_100", 2, tuple(SHIFTS), ("jpeg70", "resize0.75+jpeg65"))
 QUICK = Plan(160, 80, 2, 1, "tf_mobilenetv3_small_100", 1, ("resize0.75+jpeg65",), ("resize0.75+jpeg65",))
+# --data defaults (large images: native 128 px crops, whole scenes, test images encoded like train)
+LARGE = {"n_train": 600, "n_test": 200, "upscale": 1, "img_size": 128, "test_from": "train", "batch_size": 16}
+
+
+def source_dir(plan: Plan) -> Path:
+    """The folder the benchmark's images come from: --data, or CIFAKE."""
+    return Path(plan.data) if plan.data else CIFAKE
+
+
+def sample_data(plan: Plan) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The (train, test) rows of the run: the CIFAKE subset, or a grouped subset of the --data folder."""
+    return sample_folder(plan) if plan.data else sample_cifake(plan)
+
+
+def read_source_train(src: Path) -> pd.DataFrame:
+    """src/train.csv as file_name, label (+ scene from src/scenes.csv when it has one: the twins' truth)."""
+    train = pd.read_csv(src / "train.csv")
+    train = train.loc[:, [c for c in train.columns if not str(c).startswith("Unnamed")]]
+    scenes = src / "scenes.csv"
+    if scenes.is_file():
+        truth = pd.read_csv(scenes).set_index("file_name")["scene"]
+        train["scene"] = train["file_name"].map(truth)
+        if train["scene"].isna().any():
+            raise SystemExit(f"{scenes}: {int(train['scene'].isna().sum())} training images have no scene")
+        train["scene"] = train["scene"].astype(int)
+    return train
+
+
+def sample_folder(plan: Plan) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seeded whole groups (scenes; single images without scenes.csv) until n_train rows; the test rows: n_test
+    of the source's test.csv, or (test_from "train") n_test training rows of groups left out of the subset."""
+    src = source_dir(plan)
+    train = read_source_train(src)
+    groups = train["scene"] if "scene" in train.columns else pd.Series(range(len(train)), index=train.index)
+    order = groups.drop_duplicates().sample(frac=1, random_state=0).tolist()
+    sizes = groups.value_counts()
+    cum = sizes.reindex(order).cumsum()
+    chosen = set(cum.index[: int((cum < plan.n_train).sum()) + 1])
+    inside = groups.isin(chosen)
+    sub = train[inside].sample(frac=1, random_state=0).reset_index(drop=True)
+    if plan.test_from == "train":
+        rest = train[~inside]
+        test = pd.DataFrame({"id": rest["file_name"]}).sample(min(plan.n_test, len(rest)), random_state=0)
+    else:
+        test = pd.read_csv(src / "test.csv")[["id"]].sample(plan.n_test, random_state=0)
+    log.info("%s: %d train rows (%d groups, %d AI), %d test rows (from its %s set)", src, len(sub), len(chosen),
+             int(sub["label"].sum()), len(test), plan.test_from)
+    return sub, test.reset_index(drop=True)
 
 
 def sample_cifake(plan: Plan) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -134,8 +198,9 @@ def write_shifted(src: Path, dst: Path, shift: Shift, seed: int, key: str, tools
 def experiment_yaml(plan: Plan, home: Path, **extra: dict) -> dict:
     """The benchmark's experiment: exp001's recipe, smaller (plan's model, epochs)."""
     cfg = {"model": {"name": plan.model, "input_upscale": plan.upscale, "weights_dir": str(WEIGHTS)},
-           "data": {"img_size": 32, "augment": "forensic", "cache_dir": str(home / ".cache")},
-           "train": {"epochs": plan.epochs, "batch_size": 64, "lr": 2.0e-3, "warmup_epochs": 0.3, "threads": 2},
+           "data": {"img_size": plan.img_size, "augment": plan.augment, "cache_dir": str(home / ".cache")},
+           "train": {"epochs": plan.epochs, "batch_size": plan.batch_size, "lr": 2.0e-3, "warmup_epochs": 0.3,
+                     "threads": 2},
            "tta": {"views": "hflip"}}
     for section, values in extra.items():
         cfg.setdefault(section, {}).update(values)
@@ -145,31 +210,43 @@ def experiment_yaml(plan: Plan, home: Path, **extra: dict) -> dict:
 def make_competition(home: Path, plan: Plan, train: pd.DataFrame, test: pd.DataFrame, shift: Shift | None) -> Path:
     """A Kaggle-layout competition copy in home: the training images as they are, the test images re-encoded by
     `shift` (as they are when None), competition.yaml and the experiments (base, match, pseudo)."""
-    data = home / "data"
+    data, src = home / "data", source_dir(plan)
     for rel in train["file_name"]:
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(CIFAKE / rel, data / rel)
+        shutil.copyfile(src / rel, data / rel)
     ids = []
     for rel in test["id"]:
         out = rel if shift is None else str(Path(rel).with_suffix(shift.ext))
         if shift is None:
             (data / out).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(CIFAKE / rel, data / out)
+            shutil.copyfile(src / rel, data / out)
         else:
-            write_shifted(CIFAKE / rel, data / out, shift, TEST_SEED, rel, plan.tools)
+            write_shifted(src / rel, data / out, shift, TEST_SEED, rel, plan.tools)
         ids.append(out)
     train.to_csv(data / "train.csv")
     pd.DataFrame({"id": ids}).to_csv(data / "test.csv")
     pd.DataFrame({"id": ids, "label": 0}).to_csv(data / "sample_submission.csv", index=False)
     dump = lambda path, obj: path.write_text(yaml.safe_dump(obj, sort_keys=False))  # noqa: E731
     dump(home / "competition.yaml", {"competition": {"name": "shiftbench", "data_dir": str(data), "metric": "auc"},
-                                     "folds": {"n_splits": plan.folds, "seed": 0, "shift_check": False},
+                                     "folds": folds_settings(plan),
                                      "model": {"weights_dir": str(WEIGHTS)}})
     (home / "experiments").mkdir(exist_ok=True)
     dump(home / "experiments" / "base.yaml", experiment_yaml(plan, home))
     dump(home / "experiments" / "match.yaml", experiment_yaml(plan, home, data={"match_test": 0.5}))
     dump(home / "experiments" / "pseudo.yaml", experiment_yaml(plan, home, pseudo={"teacher": "base", "threshold": 0.95}))
     return home
+
+
+def folds_settings(plan: Plan) -> dict:
+    """The copies' folds section: the plan's split, the source competition.yaml's folds settings (grouping) and
+    folds.group_column when the plan groups by a column (the replica's scenes: twins never cross folds)."""
+    settings = {"n_splits": plan.folds, "seed": 0}
+    source_yaml = source_dir(plan) / "competition.yaml"
+    if plan.data and source_yaml.is_file():
+        settings.update((yaml.safe_load(source_yaml.read_text()) or {}).get("folds") or {})
+    if plan.group_column:
+        settings["group_column"] = plan.group_column
+    return {**settings, "n_splits": plan.folds, "seed": 0, "shift_check": False}
 
 
 def run_kit(home: Path, name: str) -> None:
@@ -197,13 +274,14 @@ def repredict_base(clean: Path, home: Path) -> None:
     run_kit(home, "base")
 
 
-def shifted_validation(root: Path, train: pd.DataFrame, shift: Shift, tools: str = "other") -> dict[str, str]:
-    """Every training image re-encoded by `shift` with the validation seed (root/val_<S>/): id -> path."""
+def shifted_validation(root: Path, train: pd.DataFrame, shift: Shift, tools: str = "other",
+                       src: Path = CIFAKE) -> dict[str, str]:
+    """Every training image (under src) re-encoded by `shift` with the validation seed (root/val_<S>/): id -> path."""
     out = {}
     for rel in train["file_name"]:
         dst = root / f"val_{shift.name}" / Path(rel).with_suffix(shift.ext).name
         if not dst.is_file():
-            write_shifted(CIFAKE / rel, dst, shift, VAL_SEED, rel, tools)
+            write_shifted(src / rel, dst, shift, VAL_SEED, rel, tools)
         out[rel] = str(dst)
     return out
 
@@ -265,7 +343,14 @@ def run_shift(root: Path, plan: Plan, shift: Shift, train: pd.DataFrame, test: p
     --retrain shifts), every experiment's OOF / test-like / true shifted predictions, the remedy rows."""
     home = make_competition(root / shift.name, plan, train, test, shift)
     repredict_base(root / "clean", home)
-    names = ["base"] + (["match", "pseudo"] if shift.name in plan.retrain else [])
+    return evaluate_shift(root, plan, shift, train, retrain=shift.name in plan.retrain)
+
+
+def evaluate_shift(root: Path, plan: Plan, shift: Shift, train: pd.DataFrame, retrain: bool) -> list[dict]:
+    """The remedy rows of a shift whose competition copy root/<S> holds the base run: match and pseudo are
+    trained first when `retrain`; every experiment's OOF / test-like / true shifted predictions are scored."""
+    home = root / shift.name
+    names = ["base"] + (["match", "pseudo"] if retrain else [])
     for name in names[1:]:
         t0 = time.perf_counter()
         run_kit(home, name)
@@ -273,7 +358,7 @@ def run_shift(root: Path, plan: Plan, shift: Shift, train: pd.DataFrame, test: p
     cfg = load_config("base", [], Project(home))
     profile = test_profile(cfg, Project(home), *load_tables(cfg, Project(home), "fold"))
     log.info("%s: measured test profile %s", shift.name, profile["summary"])
-    shifted = shifted_validation(root, train, shift, plan.tools)
+    shifted = shifted_validation(root, train, shift, plan.tools, source_dir(plan))
     preds = {name: fold_predictions(home, name, shifted, profile) for name in names}
     rows = remedy_rows(shift.name, preds)
     for row in rows:
@@ -281,34 +366,75 @@ def run_shift(root: Path, plan: Plan, shift: Shift, train: pd.DataFrame, test: p
     return rows
 
 
-def main() -> None:
-    """Build the clean competition, train the base experiment once, then every shift; print and save the table."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="working folder (competition copies, experiments, shift.json)")
     parser.add_argument("--quick", action="store_true", help="a tiny run (the test's): 160 images, 1 epoch, 1 shift")
     parser.add_argument("--shifts", default="", help=f"comma-separated subset of {', '.join(SHIFTS)}")
     parser.add_argument("--retrain", default=None, help="shifts where match_test and pseudo are trained "
-                                                        "(default: jpeg70,resize0.75+jpeg65; '' = none)")
+                                                        "(default: jpeg70,resize0.75+jpeg65; '' = none; 'largest' = "
+                                                        "the shift with the largest base drop, after all shifts)")
     parser.add_argument("--tools", choices=("other", "kit"), default="other",
                         help="make the true shift with other tools than the kit's test-like encoder (Pillow Lanczos "
                              "resize, OpenCV encoders; default) or with the same ones (bit-for-bit imitation)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    torch.set_num_threads(2)
-    plan = QUICK if args.quick else FULL
-    if args.shifts:
-        plan = Plan(**{**plan.__dict__, "shifts": tuple(args.shifts.split(","))})
-    if args.retrain is not None:
-        plan = Plan(**{**plan.__dict__, "retrain": tuple(s for s in args.retrain.split(",") if s)})
-    plan = Plan(**{**plan.__dict__, "tools": args.tools})
-    unknown = [s for s in plan.shifts + plan.retrain if s not in SHIFTS]
+    parser.add_argument("--data", type=Path, default=None,
+                        help="a Kaggle-layout folder (train.csv file_name,label; test.csv id; optional scenes.csv "
+                             "file_name,scene: twins kept in one fold) instead of CIFAKE, e.g. the replica")
+    parser.add_argument("--n-train", type=int, default=None, help="training images (--data default 600; whole scenes)")
+    parser.add_argument("--n-test", type=int, default=None, help="test images (--data default 200)")
+    parser.add_argument("--img-size", type=int, default=None, help="data.img_size (CIFAKE 32, --data 128)")
+    parser.add_argument("--augment", default="forensic", help="data.augment preset (competition.augment)")
+    parser.add_argument("--upscale", type=int, default=None, help="model.input_upscale (CIFAKE 2, --data 1)")
+    parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default 2; --quick 1)")
+    parser.add_argument("--batch-size", type=int, default=None, help="train.batch_size (CIFAKE 64, --data 16)")
+    parser.add_argument("--test-from", choices=("test", "train"), default=None,
+                        help="--data: test images from its test.csv, or from training rows of held-out scenes "
+                             "(default: train, so the clean copy's test set is encoded like train)")
+    return parser.parse_args(argv)
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    """The run's sizes: FULL / QUICK, the --data defaults for large images, then each option given."""
+    plan = {**(QUICK if args.quick else FULL).__dict__, "tools": args.tools, "augment": args.augment}
+    if args.data is not None:
+        if not (args.data / "train.csv").is_file():
+            raise SystemExit(f"--data {args.data}: no train.csv there (python benchmarks/make_replica.py DIR)")
+        plan.update({**LARGE, "data": str(args.data.resolve())})
+        plan["group_column"] = "scene" if (args.data / "scenes.csv").is_file() else ""
+    given = {"shifts": tuple(args.shifts.split(",")) if args.shifts else None,
+             "retrain": None if args.retrain is None else tuple(s for s in args.retrain.split(",") if s),
+             "n_train": args.n_train, "n_test": args.n_test, "img_size": args.img_size, "upscale": args.upscale,
+             "test_from": args.test_from, "epochs": args.epochs, "batch_size": args.batch_size}
+    plan.update({k: v for k, v in given.items() if v is not None})
+    unknown = [s for s in plan["shifts"] + plan["retrain"] if s not in SHIFTS and s != "largest"]
     if unknown:
         raise SystemExit(f"unknown shift(s) {unknown}: choose among {', '.join(SHIFTS)}")
+    return Plan(**plan)
+
+
+def main() -> None:
+    """Build the clean competition, train the base experiment once, then every shift; print and save the table."""
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(2)
+    plan = build_plan(args)
+    log.info("plan: %s", plan)
     t0, root = time.perf_counter(), args.folder.resolve()
     shutil.rmtree(root, ignore_errors=True)
-    train, test = sample_cifake(plan)
+    train, test = sample_data(plan)
     run_kit(make_competition(root / "clean", plan, train, test, None), "base")
-    rows = [row for name in plan.shifts for row in run_shift(root, plan, SHIFTS[name], train, test)]
+    log.info("clean base trained: %.1f min", (time.perf_counter() - t0) / 60)
+    rows = []
+    for name in plan.shifts:
+        rows += run_shift(root, plan, SHIFTS[name], train, test)
+        log.info("%s done: %.1f min", name, (time.perf_counter() - t0) / 60)
+        write_json(root / "shift_partial.json", {"plan": plan.__dict__, "rows": rows})
+    if plan.retrain == ("largest",):
+        worst = max((r for r in rows if r["remedy"] == "none"), key=lambda r: r["drop"])["shift"]
+        log.info("--retrain largest: match_test and pseudo on %s (the largest drop of the base run)", worst)
+        rows = [r for r in rows if r["shift"] != worst] + evaluate_shift(root, plan, SHIFTS[worst], train, True)
+        rows.sort(key=lambda r: plan.shifts.index(r["shift"]))  # stable: remedies stay in order
     report(root, plan, rows, time.perf_counter() - t0)
 
 
@@ -317,8 +443,9 @@ def report(root: Path, plan: Plan, rows: list[dict], seconds: float) -> None:
     header = ["shift", "remedy", "clean OOF", "true shifted", "drop recovered", "OOF test-like",
               "abs(test-like - shifted)", "abs(plain OOF - shifted)", "kit: test shifted?",
               "abs(test-like, encoder forced on - shifted)"]
-    table(f"Encoding shift on CIFAKE ({plan.n_train} train / {plan.n_test} test images, {plan.folds} folds, "
-          f"{plan.model} x{plan.upscale}, {plan.epochs} epochs): AUC, {seconds / 60:.1f} min",
+    where = Path(plan.data).name if plan.data else "CIFAKE"
+    table(f"Encoding shift on {where} ({plan.n_train} train / {plan.n_test} test images, {plan.folds} folds, "
+          f"{plan.model} x{plan.upscale}, {plan.img_size} px, {plan.epochs} epochs): AUC, {seconds / 60:.1f} min",
           header, [[r["shift"], r["remedy"], f"{r['clean_oof']:.4f}", f"{r['true_shifted']:.4f}",
                     "-" if r["remedy"] == "none" or np.isnan(r["recovered"]) else f"{r['recovered']:.0%}",
                     f"{r['oof_test_like']:.4f}", f"{r['test_like_error']:.4f}", f"{r['plain_error']:.4f}",
