@@ -12,7 +12,6 @@ No training: pushes stand in their bundle builders and the runtime estimate (mon
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -21,25 +20,14 @@ from competition import kaggle_inference, kaggle_kernel, options
 from competition.config import load_config
 from competition.project import Project
 from tests.conftest import make_competition, smoke_experiment
-from tests.test_kaggle_inference import FAKE_WITH_SUBMIT, calls, fake_finished, kit, one_error_line, set_slug
-from tests.test_kaggle_kernel import KEY, install_fake_kaggle
+from tests.test_kaggle_inference import calls, fake_finished, kit, one_error_line, set_slug
+from tests.test_kaggle_inference import fake_kaggle  # noqa: F401 - the fixture: fake kaggle CLI on PATH, user alice
 
 
 @pytest.fixture
 def slug_home(tmp_path):
     """The tiny competition with a slug, nothing trained."""
     return set_slug(make_competition(tmp_path / "home"))
-
-
-@pytest.fixture
-def fake_kaggle(tmp_path, monkeypatch):
-    """The fake kaggle CLI (tests/test_kaggle_kernel.install_fake_kaggle) on PATH, credentials for user alice."""
-    bin_dir, state = install_fake_kaggle(tmp_path, FAKE_WITH_SUBMIT)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    for key, value in {"FAKE_KAGGLE_DIR": str(state), "KAGGLE_USERNAME": "alice", "KAGGLE_KEY": KEY,
-                       "KAGGLE_CONFIG_DIR": str(tmp_path / "nocreds")}.items():
-        monkeypatch.setenv(key, value)
-    return state
 
 
 @pytest.fixture
