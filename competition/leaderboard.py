@@ -27,7 +27,7 @@ from competition.config import CompetitionConfig, load_config, load_saved_config
 from competition.errors import KitError
 from competition.metrics import THRESHOLD_METRICS, greater_is_better
 from competition.project import Project
-from competition.run_folder import fold_done, inputs_fingerprint
+from competition.run_folder import fold_done, train_digest
 from competition.tables import load_train_table
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class DataCheck:
         path, folds = self.folds(out)
         if folds is not None:
             now = train.merge(folds[["id", "fold"]], on="id", how="left")
-            if inputs_fingerprint(now, pd.DataFrame({"id": [], "path": []}))["train"] == inputs["train"]:
+            if train_digest(now) == inputs["train"]:
                 return ""
         try:
             oof = pd.read_csv(out / "oof.csv", dtype={"id": str}, keep_default_na=False)[["id", "fold", "target"]]

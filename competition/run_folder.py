@@ -61,11 +61,20 @@ def check_config_unchanged(cfg: Config, out: Path) -> None:
                           f"{RESTART_ADVICE}, or use a new experiment name")
 
 
+def table_digest(frame: pd.DataFrame) -> str:
+    """A short hash of a table's rows in order (its CSV text)."""
+    return hashlib.sha1(frame.to_csv(index=False).encode()).hexdigest()[:16]
+
+
+def train_digest(train: pd.DataFrame) -> str:
+    """The fingerprint of the training rows: ids, labels and folds."""
+    return table_digest(train[["id", "label", "fold"]])
+
+
 def inputs_fingerprint(train: pd.DataFrame, test: pd.DataFrame) -> dict:
     """Hashes of what changes results besides the config: training ids, labels and folds; test ids in order; the
     test files' content (test_encoding.test_files_digest: id, size, mtime of each)."""
-    digest = lambda frame: hashlib.sha1(frame.to_csv(index=False).encode()).hexdigest()[:16]  # noqa: E731
-    return {"train": digest(train[["id", "label", "fold"]]), "test": digest(test[["id"]]),
+    return {"train": train_digest(train), "test": table_digest(test[["id"]]),
             "test_files": test_files_digest(test) if "path" in test else None, "n_train": len(train), "n_test": len(test)}
 
 
