@@ -54,14 +54,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CIFAKE, SHARED, table  # noqa: E402 - common puts the repository on the path
 from competition.adapt import adapt_batchnorm  # noqa: E402
 from competition.atomic import write_json  # noqa: E402
-from competition.config import load_config  # noqa: E402
+from competition.config import DataConfig, load_config  # noqa: E402
 from competition.decode import decode_image, reencode  # noqa: E402
 from competition.folds import load_tables  # noqa: E402
 from competition.inference import eval_dataset, predict_dataset  # noqa: E402
 from competition.metrics import score  # noqa: E402
 from competition.model import load_detector  # noqa: E402
 from competition.project import Project  # noqa: E402
-from competition.test_encoding import test_like_dataset, test_profile  # noqa: E402
+from competition.test_encoding import resize_image, test_like_dataset, test_profile  # noqa: E402
 
 log = logging.getLogger("shift")
 WEIGHTS = SHARED / "weights"
@@ -70,7 +70,7 @@ TEST_SEED, VAL_SEED = 1, 2  # S re-encodes the test and the validation rows with
 
 @dataclass(frozen=True)
 class Shift:
-    """A re-encoding: resize by `scale` (INTER_AREA), then `fmt` at a quality drawn from [q_lo, q_hi]."""
+    """A re-encoding: resize by `scale`, then `fmt` at a quality drawn from [q_lo, q_hi]."""
 
     name: str
     scale: float = 1.0
@@ -80,13 +80,14 @@ class Shift:
 
     def apply(self, image: np.ndarray, rng: np.random.Generator, tools: str = "other") -> bytes:
         """The bytes of the re-encoded image. tools "kit": the resizer and encoder the kit's test-like encoder uses
-        (cv2 INTER_AREA, Pillow), so a fixed shift is imitated bit for bit; "other" (default): Pillow's Lanczos
-        resize and OpenCV's encoders (libjpeg-turbo, libwebp through cv2), as a test set made elsewhere would be."""
+        by default (competition.test_encoding.resize_image with data.test_like_resize's default, Pillow's encoders),
+        so a fixed shift is imitated bit for bit; "other" (default): Pillow's Lanczos resize and OpenCV's encoders
+        (libjpeg-turbo, libwebp through cv2), as a test set made elsewhere would be. (Until 2026-12-01 the kit, and
+        so "kit", resized with OpenCV INTER_AREA.)"""
         quality = int(rng.integers(self.q_lo, self.q_hi + 1))
         size = lambda h, w: (max(1, round(w * self.scale)), max(1, round(h * self.scale)))  # noqa: E731
         if tools == "kit":
-            if self.scale != 1.0:
-                image = cv2.resize(image, size(*image.shape[:2]), interpolation=cv2.INTER_AREA)
+            image = resize_image(image, self.scale, DataConfig.test_like_resize)
             return reencode(np.ascontiguousarray(image), {"format": self.fmt, "quality": quality})
         if self.scale != 1.0:
             image = np.asarray(Image.fromarray(image).resize(size(*image.shape[:2]), Image.LANCZOS))

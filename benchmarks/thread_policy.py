@@ -245,6 +245,22 @@ def execute(slot: list[Run], work: Path, by_name: dict[str, Workload], kit_pytho
     return records
 
 
+def cell(run: dict) -> tuple:
+    """A run's matrix cell: (workload, policy, condition, index)."""
+    return run["workload"], run["policy"], run["condition"], run["index"]
+
+
+def finished_runs(path: Path | None) -> dict[tuple, dict]:
+    """--resume: the runs of an earlier result JSON that exited 0, by cell (none without the option)."""
+    if path is None:
+        return {}
+    try:
+        runs = json.loads(path.read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"--resume {path}: not a thread_policy.py result ({err})") from err
+    return {cell(r): r for r in runs if r.get("returncode") == 0}
+
+
 def mean(values: list[float]) -> float:
     """The mean, NaN for no values."""
     return statistics.fmean(values) if values else float("nan")
@@ -281,6 +297,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="where the results go (default WORK/thread_policy.json)")
     parser.add_argument("--keep", action="store_true", help="keep each run's caches (default: delete after the run)")
     parser.add_argument("--kit-python", default=sys.executable, help="the Python run.sh runs (KIT_PYTHON)")
+    parser.add_argument("--resume", type=Path, help="an earlier result JSON: its finished runs (exit 0) of the same "
+                                                    "cells are kept, only the missing cells run (e.g. --reps 2 after "
+                                                    "--reps 1 adds the second, reversed repetition)")
     args = parser.parse_args(argv)
     args.reps = args.reps if args.reps is not None else 1 if args.quick else 2
     args.work = args.work.resolve()
@@ -305,7 +324,13 @@ def main(argv: list[str] | None = None) -> dict:
         write_json(args.json, result)
         return result
     runs: list[dict] = []
+    earlier = finished_runs(args.resume)
     for slot in slots:  # one slot at a time: the machine must be otherwise idle
+        kept = [earlier.get(cell(asdict(run))) for run in slot]
+        if all(kept):
+            log.info("slot %d: kept from %s (%s)", slot[0].slot, args.resume, ", ".join(map(str, map(cell, kept))))
+            runs += [{**r, "slot": slot[0].slot, "resumed_from": str(args.resume)} for r in kept]
+            continue
         runs += execute(slot, args.work, by_name, args.kit_python, args.keep)
         write_json(args.json, {**meta, "runs": runs})  # a long measurement keeps what it has if stopped
     rows = summary(runs)

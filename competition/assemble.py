@@ -156,14 +156,14 @@ def summarize(cfg: Config, oof: pd.DataFrame, results: list[dict], folds_run: li
 def test_like_scores(cfg: Config, oof: pd.DataFrame, metrics: dict, encoding: dict | None) -> dict:
     """metrics.json's oof_test_like: the OOF scored on validation images re-encoded like the test images, at the
     experiment's threshold; gap = how much better the plain OOF looks (plain - test-like; flipped for lower-is-better
-    metrics); the test encoding profile's summary (competition.test_encoding)."""
+    metrics); the test encoding profile's summary (competition.test_encoding) and the resize kernel imitated."""
     metric, threshold = cfg.competition.metric, metrics["threshold"]
     target, prob = oof["target"].to_numpy(), oof["prob_test_like"].to_numpy(dtype=float)
     value = score(metric, target, prob, threshold)
     gap = metrics["oof_score"] - value if greater_is_better(metric) else value - metrics["oof_score"]
     log.info("%s: OOF test-like %s %.5f (plain %.5f, gap %+.5f)", cfg.name, metric, value, metrics["oof_score"], gap)
     return {"score": value, "metrics": score_all(target, prob, threshold), "gap": gap,
-            "profile": (encoding or {}).get("summary", {})}
+            "profile": (encoding or {}).get("summary", {}), "resize_kernel": cfg.data.test_like_resize}
 
 
 def check_adaptation(cfg: Config, out: Path, folds_run: list[int], results: list[dict]) -> Config:

@@ -45,6 +45,13 @@ SHARE_TOLERANCE = 0.10  # format / subsampling shares may differ this much and s
 QUALITY_TOLERANCE = 5.0  # median JPEG qualities may differ this much and still count as the same encoding
 LOSSY = {"JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WEBP"}  # what a header format re-encodes as; others: lossless PNG
 DEFAULT_QUALITY = {"JPEG": 90, "WEBP": 80}  # when a header does not tell (WebP quality is not in the file)
+# data.test_like_resize: how a test resize is imitated. Pillow's filters antialias (libvips, ImageMagick and Pillow's
+# own thumbnails shrink this way; lanczos is their usual default); OpenCV's "area" averages pixel blocks and "linear"
+# (cv2.resize's default) samples without antialiasing, keeping aliasing that a detector can read. The choice moves OOF
+# test-like by up to 0.1 AUC on a 0.5x shift (benchmarks/README.md section 12, resize_kernels.py); "mix" draws one
+# of the five per image (seeded), hedging when the test's resizer is unknown.
+PILLOW_KERNELS = {"lanczos": "LANCZOS", "bicubic": "BICUBIC", "bilinear": "BILINEAR"}
+RESIZE_KERNELS = (*PILLOW_KERNELS, "area", "linear")
 
 
 def measure_encoding(paths: list[str], sample: int = 2000, seed: int = 0) -> dict:
@@ -254,18 +261,39 @@ def seeded_rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed % 2**32, int(hashlib.sha1(str(key).encode()).hexdigest()[:15], 16)])
 
 
+def resize_image(image: np.ndarray, scale: float, kernel: str) -> np.ndarray:
+    """An RGB uint8 image resized by `scale` with a named kernel (RESIZE_KERNELS; "area" enlarges with OpenCV's
+    cubic); unchanged at scale 1."""
+    if scale == 1.0:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if kernel in PILLOW_KERNELS:
+        from PIL import Image
+
+        resample = getattr(Image.Resampling, PILLOW_KERNELS[kernel])
+        return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size, resample))
+    import cv2
+
+    flag = cv2.INTER_LINEAR if kernel == "linear" else cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    return cv2.resize(image, size, interpolation=flag)
+
+
 class TestLikeEncoder:
     """Re-encode a decoded RGB uint8 image like a test image: one test encoding (format, quality, subsampling)
-    drawn per key from the profile's rows, seeded by (seed, key); resized by the profile's scale (INTER_AREA down,
-    INTER_CUBIC up), then encoded and decoded in memory. Identity when the profile is not shifted or has no rows."""
+    drawn per key from the profile's rows, seeded by (seed, key); resized by the profile's scale with `kernel`
+    (data.test_like_resize; "mix": one of RESIZE_KERNELS drawn per key), then encoded and decoded in memory.
+    Identity when the profile is not shifted or has no rows."""
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, profile: dict, seed: int):
+    def __init__(self, profile: dict, seed: int, kernel: str = "lanczos"):
+        if kernel not in (*RESIZE_KERNELS, "mix"):
+            raise ValueError(f"resize kernel {kernel!r} is not one of {RESIZE_KERNELS + ('mix',)}")
         self.rows = list(profile.get("rows") or [])
         self.scale = float(profile.get("scale", 1.0))
         self.active = bool(profile.get("shifted", True)) and bool(self.rows)
-        self.seed = int(seed)
+        self.seed, self.kernel = int(seed), kernel
 
     def draw(self, key: str) -> dict:
         """The encoding spec ({format, quality, subsampling}) drawn for a key."""
@@ -278,19 +306,19 @@ class TestLikeEncoder:
             spec["subsampling"] = int(row["subsampling"])
         return spec
 
-    def resize(self, image: np.ndarray) -> np.ndarray:
-        """The image resized by the profile's scale (unchanged at scale 1)."""
-        import cv2
+    def kernel_for(self, key: str) -> str:
+        """The resize kernel of a key: the encoder's, or one drawn per key (seeded) when it is "mix"."""
+        if self.kernel != "mix":
+            return self.kernel
+        return RESIZE_KERNELS[int(seeded_rng(self.seed + 2, key).integers(len(RESIZE_KERNELS)))]
 
-        if self.scale == 1.0:
-            return image
-        h, w = image.shape[:2]
-        size = (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
-        return cv2.resize(image, size, interpolation=cv2.INTER_AREA if self.scale < 1 else cv2.INTER_CUBIC)
+    def resize(self, image: np.ndarray, key: str = "") -> np.ndarray:
+        """The image resized by the profile's scale with the key's kernel (unchanged at scale 1)."""
+        return resize_image(image, self.scale, self.kernel_for(key))
 
     def encode(self, image: np.ndarray, key: str) -> bytes:
         """The file bytes a test-like copy of the image would have."""
-        return reencode(np.ascontiguousarray(self.resize(image)), self.draw(key))
+        return reencode(np.ascontiguousarray(self.resize(image, key)), self.draw(key))
 
     def __call__(self, image: np.ndarray, key: str) -> np.ndarray:
         if not self.active:
@@ -315,8 +343,9 @@ def test_like_dataset(cfg: Config, paths: list[str], ids: list[str], profile: di
     """The eval dataset (inference.eval_dataset's geometry, with TTA) whose images are re-encoded like test
     images first (keyed by id, so a row always gets the same draw)."""
     transform = build_eval_transform(cfg.data, cfg.tta.crops, cfg.tta.tiles)
+    encoder = TestLikeEncoder(profile, seed, cfg.data.test_like_resize)
     return ImageDataset(paths, None, transform, encoding=cfg.data.normalize_encoding,
-                        image_filter=KeyedFilter(TestLikeEncoder(profile, seed)), keys=[str(i) for i in ids])
+                        image_filter=KeyedFilter(encoder), keys=[str(i) for i in ids])
 
 
 test_profile.__test__ = test_like_dataset.__test__ = False  # named for the test set, not pytest tests (when imported)
@@ -349,7 +378,7 @@ def match_test_filter(cfg: Config, profile: dict | None, seed: int) -> MatchTest
     log.info("data.match_test=%s: that share of training images is re-encoded like a test image (%s, scale %.3f)%s",
              cfg.data.match_test, profile.get("summary", {}).get("formats"), profile.get("scale", 1.0),
              "" if profile.get("shifted", True) else "; the test set is encoded like train, so they are left as they are")
-    return MatchTest(TestLikeEncoder(profile, seed), cfg.data.match_test,
+    return MatchTest(TestLikeEncoder(profile, seed, cfg.data.test_like_resize), cfg.data.match_test,
                      build_train_transform(replace(cfg.data, jpeg_p=0.0)))
 
 

@@ -107,6 +107,81 @@ def test_the_encoder_draws_the_same_encoding_per_key_and_varies_across_keys():
     assert [TestLikeEncoder(profile, s).draw("x") for s in range(12)] != [a.draw("x")] * 12  # the seed matters
 
 
+# ------------------------------------------------------------------ the resize kernel (data.test_like_resize)
+
+
+def reference_resize(image: np.ndarray, scale: float, kernel: str) -> np.ndarray:
+    """What each kernel name promises, written out with the libraries directly."""
+    import cv2
+
+    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+    pillow = {"lanczos": Image.LANCZOS, "bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+    if kernel in pillow:
+        return np.asarray(Image.fromarray(image).resize(size, pillow[kernel]))
+    flag = cv2.INTER_LINEAR if kernel == "linear" else cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    return cv2.resize(image, size, interpolation=flag)
+
+
+@pytest.fixture(scope="module")
+def face() -> np.ndarray:
+    """A real 1024 px photo (FFHQ or StyleGAN2, a JPEG), cut to 257 x 321 so every kernel runs fast (odd sides: at
+    exactly 0.5x OpenCV's linear averages 2 x 2 blocks, as area does)."""
+    from tests.conftest import FACES
+
+    with Image.open(FACES / "images" / "00000.jpg") as img:
+        return np.asarray(img.convert("RGB"))[300:557, 200:521].copy()
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.75, 1.5])
+@pytest.mark.parametrize("kernel", test_encoding.RESIZE_KERNELS)
+def test_each_resize_kernel_is_the_library_filter_it_names(face, kernel, scale):
+    encoder = TestLikeEncoder(profile_of("PNG", None, -1, scale), 0, kernel)
+    assert encoder.kernel_for("any") == kernel
+    np.testing.assert_array_equal(encoder.resize(face, "any"), reference_resize(face, scale, kernel))
+    others = [k for k in test_encoding.RESIZE_KERNELS if k != kernel]
+    assert all(not np.array_equal(encoder.resize(face, "any"), reference_resize(face, scale, k)) for k in others)
+
+
+@pytest.mark.parametrize("made_with", test_encoding.RESIZE_KERNELS)
+@pytest.mark.parametrize("imitated_with", test_encoding.RESIZE_KERNELS)
+def test_a_test_copy_is_reproduced_byte_for_byte_only_with_its_own_kernel(face, made_with, imitated_with):
+    from competition.decode import reencode
+
+    spec = {"format": "JPEG", "quality": 70, "subsampling": 2}
+    test_copy = reencode(np.ascontiguousarray(reference_resize(face, 0.5, made_with)), spec)
+    imitation = TestLikeEncoder(profile_of("JPEG", 70, 2, 0.5), 0, imitated_with).encode(face, "k")
+    assert (imitation == test_copy) is (made_with == imitated_with)
+
+
+def test_mix_draws_one_kernel_per_key_seeded_and_uses_every_kernel(face):
+    profile = profile_of("JPEG", 80, 2, 0.5)
+    a, b = TestLikeEncoder(profile, 3, "mix"), TestLikeEncoder(profile, 3, "mix")
+    drawn = [a.kernel_for(f"k{i}") for i in range(80)]
+    assert drawn == [b.kernel_for(f"k{i}") for i in range(80)] and set(drawn) == set(test_encoding.RESIZE_KERNELS)
+    assert drawn != [TestLikeEncoder(profile, 4, "mix").kernel_for(f"k{i}") for i in range(80)]  # the seed matters
+    key = next(f"k{i}" for i, k in enumerate(drawn) if k == "linear")
+    np.testing.assert_array_equal(a.resize(face, key), reference_resize(face, 0.5, "linear"))
+
+
+@pytest.mark.parametrize("value", ["lanczo", "Lanczos3", "nearest", "cubic", ""])
+def test_an_unknown_resize_kernel_is_refused_by_the_config(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"`data.test_like_resize`: .* is not one of lanczos, bicubic, bilinear, area,"
+                                          r" linear, mix"):
+        load_config("", [f"data.test_like_resize={value}"], None, check_model=False)
+    with pytest.raises(ValueError, match="resize kernel"):
+        TestLikeEncoder(profile_of("JPEG", 80, 2, 0.5), 0, value)
+
+
+@pytest.mark.parametrize("kernel", ["bicubic", "mix"])
+def test_test_like_rows_and_match_test_use_the_configured_kernel(home, kernel):
+    cfg, project, train, test = tables(home, "data.img_size=32", f"data.test_like_resize={kernel}",
+                                       "data.match_test=1")
+    profile = profile_of("JPEG", 70, 2, 0.5)
+    like = test_like_dataset(cfg, train["path"].tolist()[:2], train["id"].tolist()[:2], profile, seed=1)
+    assert like.image_filter.encoder.kernel == kernel
+    assert test_encoding.match_test_filter(cfg, profile, 1).encoder.kernel == kernel
+
+
 @pytest.mark.parametrize("profile", [{"rows": [], "scale": 0.5, "shifted": True},
                                      {**profile_of("JPEG", 60, 2, 0.5), "shifted": False}], ids=["empty", "unshifted"])
 def test_an_unshifted_or_empty_profile_leaves_images_alone(profile):
@@ -292,7 +367,7 @@ def test_trained_run_gains_the_test_like_column_without_retraining(trained_proje
     like = metrics["oof_test_like"]
     assert like["gap"] == pytest.approx(metrics["oof_score"] - like["score"])
     assert like["profile"]["scale"] == 0.5 and like["profile"]["jpeg_quality_median"] == 60.0
-    assert like["metrics"]["auc"] == pytest.approx(like["score"])
+    assert like["metrics"]["auc"] == pytest.approx(like["score"]) and like["resize_kernel"] == "lanczos"
     row = next(line for line in (home / "experiments" / "LEADERBOARD.md").read_text().splitlines()
                if line.startswith("| 1 | done |"))
     assert f"{like['score']:.5f} (gap {like['gap']:+.4f})" in row

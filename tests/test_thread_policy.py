@@ -149,3 +149,33 @@ def test_a_failed_run_is_recorded_not_hidden(tmp_path: Path, stand_in: Path, fai
         (p, c): ", ".join(["3" if p == failing else "0"] * (2 if c == "beside" else 1))
         for p in POLICIES for c in ("alone", "beside")}
     assert os.path.isfile(tmp_path / "work" / "thread_policy.json")
+
+
+@pytest.mark.parametrize("failing", [None, *POLICIES])
+def test_resume_keeps_finished_cells_and_runs_only_the_missing_ones(tmp_path: Path, stand_in: Path, failing,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--reps 2 --resume <a --reps 1 result>: the first repetition and the pairs are kept (not rerun), the second,
+    reversed repetition runs; a cell that failed before (exit != 0) runs again."""
+    if failing:
+        monkeypatch.setenv(f"STAND_IN_EXIT_{failing}", "3")
+    first = thread_policy.main(["--quick", "--work", str(tmp_path / "one"), "--kit-python", str(stand_in)])
+    monkeypatch.delenv(f"STAND_IN_EXIT_{failing}", raising=False)
+    again = thread_policy.main(["--quick", "--reps", "2", "--work", str(tmp_path / "two"), "--kit-python",
+                                str(stand_in), "--resume", str(tmp_path / "one" / "thread_policy.json")])
+    ran = [r for r in again["runs"] if "resumed_from" not in r]
+    expected = {("cifake", p, "alone", 1) for p in POLICIES}
+    if failing:
+        expected |= {("cifake", failing, "alone", 0), ("cifake", failing, "beside", 0), ("cifake", failing, "beside", 1)}
+    assert {thread_policy.cell(r) for r in ran} == expected
+    assert all(Path(r["home"]).parent == tmp_path / "two" for r in ran)
+    kept = {thread_policy.cell(r): r for r in again["runs"] if "resumed_from" in r}
+    assert kept and all(r["wall_s"] == next(f["wall_s"] for f in first["runs"] if thread_policy.cell(f) == c)
+                        for c, r in kept.items())
+    assert [r["policy"] for r in again["runs"] if r["condition"] == "alone"] == ["PASSIVE", "ACTIVE", "ACTIVE", "PASSIVE"]
+    assert all(r["returncode"] == 0 for r in again["runs"]) and len(again["summary"]) == 4
+
+
+def test_resume_refuses_a_file_that_is_not_a_result(tmp_path: Path) -> None:
+    (tmp_path / "x.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="--resume .*x.json: not a thread_policy.py result"):
+        thread_policy.main(["--quick", "--work", str(tmp_path / "w"), "--resume", str(tmp_path / "x.json")])
