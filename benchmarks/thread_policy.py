@@ -256,9 +256,10 @@ def finished_runs(path: Path | None) -> dict[tuple, dict]:
         return {}
     try:
         runs = json.loads(path.read_text())["runs"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise SystemExit(f"--resume {path}: not a thread_policy.py result ({err})") from err
-    return {cell(r): r for r in runs if r.get("returncode") == 0}
+        cells = [cell(r) for r in runs]  # every record must name its cell, finished or not
+        return {c: r for c, r in zip(cells, runs) if r.get("returncode") == 0}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise SystemExit(f"--resume {path}: not a thread_policy.py result ({err!r})") from err
 
 
 def mean(values: list[float]) -> float:

@@ -45,10 +45,10 @@ SHARE_TOLERANCE = 0.10  # format / subsampling shares may differ this much and s
 QUALITY_TOLERANCE = 5.0  # median JPEG qualities may differ this much and still count as the same encoding
 LOSSY = {"JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WEBP"}  # what a header format re-encodes as; others: lossless PNG
 DEFAULT_QUALITY = {"JPEG": 90, "WEBP": 80}  # when a header does not tell (WebP quality is not in the file)
-# data.test_like_resize: how a test resize is imitated. Pillow's filters antialias (libvips, ImageMagick and Pillow's
-# own thumbnails shrink this way; lanczos is their usual default); OpenCV's "area" averages pixel blocks and "linear"
-# (cv2.resize's default) samples without antialiasing, keeping aliasing that a detector can read. The choice moves OOF
-# test-like by up to 0.1 AUC on a 0.5x shift (benchmarks/README.md section 12, resize_kernels.py); "mix" draws one
+# data.test_like_resize: how a test resize is imitated. Pillow's filters antialias (libvips and ImageMagick shrink this
+# way; lanczos is their usual default); OpenCV's "area" averages pixel blocks and "linear"
+# (cv2.resize's default) samples without antialiasing, keeping aliasing that a detector can read. The choice moved OOF
+# test-like by up to 0.05 AUC on the replica's 0.5x / 0.75x shifts (benchmarks/README.md section 12, resize_kernels.py); "mix" draws one
 # of the five per image (seeded), hedging when the test's resizer is unknown.
 PILLOW_KERNELS = {"lanczos": "LANCZOS", "bicubic": "BICUBIC", "bilinear": "BILINEAR"}
 RESIZE_KERNELS = (*PILLOW_KERNELS, "area", "linear")
@@ -310,7 +310,7 @@ class TestLikeEncoder:
         """The resize kernel of a key: the encoder's, or one drawn per key (seeded) when it is "mix"."""
         if self.kernel != "mix":
             return self.kernel
-        return RESIZE_KERNELS[int(seeded_rng(self.seed + 2, key).integers(len(RESIZE_KERNELS)))]
+        return RESIZE_KERNELS[int(seeded_rng(self.seed, f"kernel:{key}").integers(len(RESIZE_KERNELS)))]
 
     def resize(self, image: np.ndarray, key: str = "") -> np.ndarray:
         """The image resized by the profile's scale with the key's kernel (unchanged at scale 1)."""

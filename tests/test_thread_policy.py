@@ -175,7 +175,8 @@ def test_resume_keeps_finished_cells_and_runs_only_the_missing_ones(tmp_path: Pa
     assert all(r["returncode"] == 0 for r in again["runs"]) and len(again["summary"]) == 4
 
 
-def test_resume_refuses_a_file_that_is_not_a_result(tmp_path: Path) -> None:
-    (tmp_path / "x.json").write_text("[1, 2]")
+@pytest.mark.parametrize("text", ["[1, 2]", '{"runs": [{}]}', '{"runs": [1]}', '{"no": 1}', "not json"])
+def test_resume_refuses_a_file_that_is_not_a_result(tmp_path: Path, text: str) -> None:
+    (tmp_path / "x.json").write_text(text)
     with pytest.raises(SystemExit, match="--resume .*x.json: not a thread_policy.py result"):
         thread_policy.main(["--quick", "--work", str(tmp_path / "w"), "--resume", str(tmp_path / "x.json")])
