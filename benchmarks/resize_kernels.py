@@ -33,7 +33,7 @@ from competition.metrics import score  # noqa: E402
 from competition.model import load_detector  # noqa: E402
 from competition.project import Project  # noqa: E402
 from competition.test_encoding import RESIZE_KERNELS, test_like_dataset, test_profile  # noqa: E402
-from shift import SHIFTS  # noqa: E402
+from shift import SHIFTS, shifted_validation  # noqa: E402
 
 log = logging.getLogger("resize_kernels")
 KERNELS = (*RESIZE_KERNELS, "mix")
@@ -45,7 +45,8 @@ def fold_scores(home: Path, root: Path, shift: str) -> pd.DataFrame:
     cfg = load_config("base", [], project)
     train, test = load_tables(cfg, project, "fold")
     profile = test_profile(cfg, project, train, test)
-    paths, ext = dict(zip(train["id"], train["path"])), SHIFTS[shift].ext
+    paths = dict(zip(train["id"], train["path"]))
+    shifted = shifted_validation(root, train.rename(columns={"id": "file_name"}), SHIFTS[shift])  # written by shift.py
     frames = []
     for fold_dir in sorted(p for p in (home / "experiments" / "base").glob("fold*") if p.is_dir()):
         oof = pd.read_csv(fold_dir / "oof.csv", dtype={"id": str}, keep_default_na=False)
@@ -54,8 +55,7 @@ def fold_scores(home: Path, root: Path, shift: str) -> pd.DataFrame:
         model = load_detector(fold_dir / "best.pt", torch.device("cpu"), project)
         run = lambda ds: predict_dataset(model, ds, cfg, torch.device("cpu"), prior, fold_dir.name).prob  # noqa: E731
         frame = {"id": ids, "target": oof["target"], "plain": oof["prob"],
-                 "shifted": run(eval_dataset(cfg, [str(root / f"val_{shift}" / Path(i).with_suffix(ext).name)
-                                                   for i in ids]))}
+                 "shifted": run(eval_dataset(cfg, [shifted[i] for i in ids]))}
         for kernel in KERNELS:
             kcfg = replace(cfg, data=replace(cfg.data, test_like_resize=kernel))
             frame[kernel] = run(test_like_dataset(kcfg, [paths[i] for i in ids], ids, profile, cfg.train.seed))
