@@ -54,13 +54,14 @@ def write_fold_outputs(cfg: Config, fold_dir: Path, val: pd.DataFrame, test: pd.
     write_csv(fold_dir / "test.csv", pd.DataFrame({
         "id": test["id"].values, "prob": tst.prob, "error": [tst.errors.get(i, "") for i in range(len(test))]}))
     write_fold_result(cfg, fold_dir, val["label"].to_numpy(), oof, seconds,
-                      adapted and {"batchnorm_layers": adapted["batchnorm_layers"]})
+                      adapted and {"batchnorm_layers": adapted["batchnorm_layers"]}, test_like is not None)
 
 
 def write_fold_result(cfg: Config, fold_dir: Path, target: np.ndarray, oof, seconds: float,
-                      adapt_bn: dict | None = None) -> None:
+                      adapt_bn: dict | None = None, test_like: bool = False) -> None:
     """fold{k}/result.json: scores (TTA and identity view), best epoch and timings; adapt_bn: present when the
-    predictions were made with tta.adapt_bn (competition.adapt.adapted_fold reads it)."""
+    predictions were made with tta.adapt_bn (competition.adapt.adapted_fold reads it); test_like_resize: the kernel
+    that made the fold's test-like column, when it has one (experiment.add_test_like remakes it on another)."""
     metric = cfg.competition.metric
     history = pd.read_csv(fold_dir / "log.csv")
     best_epoch = torch.load(fold_dir / "best.pt", map_location="cpu", weights_only=True)["epoch"]
@@ -71,6 +72,8 @@ def write_fold_result(cfg: Config, fold_dir: Path, target: np.ndarray, oof, seco
         result["pseudo_rows"] = len(pd.read_csv(pseudo_file(fold_dir)))
     if adapt_bn:
         result["adapt_bn"] = adapt_bn
+    if test_like:
+        result["test_like_resize"] = cfg.data.test_like_resize
     write_json(fold_dir / "result.json", result)
     log.info("%s done: OOF %s %.5f (identity %.5f)%s", fold_dir.name, metric, result["score"], result["score_identity"],
              " at threshold 0.5; the experiment's threshold is tuned on all folds' OOF" if metric in THRESHOLD_METRICS else "")

@@ -46,7 +46,8 @@ from competition.project import Project
 from competition.pseudo import join, log_selection, pseudo_file, select_pseudo, teacher_predictions
 from competition.run_folder import (check_decodable, check_inputs_unchanged, experiment_lock, fold_done,
                                     inputs_fingerprint, open_outputs, open_shared_outputs, output_dir)
-from competition.test_encoding import match_test_filter, run_profile, test_like_dataset, wants_test_like
+from competition.test_encoding import (LEGACY_KERNEL, kernel_is_stale, match_test_filter, run_profile,
+                                       test_like_dataset, wants_test_like)
 from competition.tracking import check_tracking, log_experiment
 from competition.train import FoldInputs, epoch_seed, train_fold
 
@@ -116,10 +117,16 @@ def adapted_predictions(cfg: Config, run: "Run", model, val: pd.DataFrame, input
         like = (test_like_dataset(cfg, val["path"].tolist(), val["id"].astype(str).tolist(), run.encoding,
                                   cfg.train.seed) if run.encoding["shifted"]
                 else eval_dataset(cfg, inputs.val.paths, cache=inputs.val.cache))
-        on_like, seen_like = adapt_counted(model, like, cfg, run.device, f"fold {fold} adapt BN on test-like OOF")
-        out["test_like"] = predict_dataset(on_like, like, cfg, run.device, prior, dist=run.dist,
-                                           desc=f"fold {fold} OOF test-like (adapted)").prob if seen_like else None
+        out["test_like"] = adapted_test_like(cfg, run, model, like, prior, fold)
     return out
+
+
+def adapted_test_like(cfg: Config, run: "Run", model, like: Dataset, prior: float, fold: int) -> np.ndarray | None:
+    """prob_test_like_adapted: the model adapted on the test-like validation rows `like`, then predicting them
+    (None when too few images were usable to adapt on)."""
+    on_like, seen = adapt_counted(model, like, cfg, run.device, f"fold {fold} adapt BN on test-like OOF")
+    return predict_dataset(on_like, like, cfg, run.device, prior, dist=run.dist,
+                           desc=f"fold {fold} OOF test-like (adapted)").prob if seen else None
 
 
 def test_like_oof(cfg: Config, run: "Run", model, val: pd.DataFrame, prior: float, plain: np.ndarray,
@@ -145,7 +152,9 @@ def with_finished_folds(out: Path, folds: list[int], n_folds: int) -> list[int]:
 
 
 def add_test_like(cfg: Config, project: Project, out: Path, run: "Run", folds: list[int]) -> None:
-    """Resume/assemble: add prob_test_like to finished folds' oof.csv that lack it, from their best.pt (no retraining)."""
+    """Resume/assemble: make prob_test_like (and remake prob_test_like_adapted) of finished folds whose oof.csv lacks
+    it or made it with another resize kernel than data.test_like_resize (runs before the key imitated test resizes
+    with area), from their best.pt (no retraining); the kernel is recorded in the fold's result.json."""
     if not wants_test_like(cfg.data.test_like_oof, run.encoding):
         return
     for fold in folds:
@@ -153,14 +162,43 @@ def add_test_like(cfg: Config, project: Project, out: Path, run: "Run", folds: l
         if not ((fold_dir / "oof.csv").is_file() and (fold_dir / "best.pt").is_file()):
             continue
         oof = pd.read_csv(fold_dir / "oof.csv", dtype={"id": str, "error": str}, keep_default_na=False)
-        if "prob_test_like" in oof:
+        made_with, had = test_like_kernel(out, fold_dir), "prob_test_like" in oof
+        if had and not kernel_is_stale(made_with, cfg.data.test_like_resize, run.encoding):
             continue
         val = run.train.set_index(run.train["id"].astype(str), drop=False).loc[oof["id"]]
         prior = float(run.train.loc[(run.train["fold"] != fold).to_numpy(), "label"].mean())
         model = load_detector(fold_dir / "best.pt", run.device, project)
         oof["prob_test_like"] = test_like_oof(cfg, run, model, val, prior, oof["prob"].to_numpy(float), fold)
+        if "prob_test_like_adapted" in oof:
+            like = test_like_dataset(cfg, val["path"].tolist(), oof["id"].tolist(), run.encoding, cfg.train.seed)
+            adapted = adapted_test_like(cfg, run, model, like, prior, fold)
+            oof = oof.drop(columns="prob_test_like_adapted") if adapted is None else oof.assign(
+                prob_test_like_adapted=adapted)
         write_csv(fold_dir / "oof.csv", oof)
-        log.info("%s: added the test-like OOF column (data.test_like_oof=%s)", fold_dir.name, cfg.data.test_like_oof)
+        record_test_like_kernel(fold_dir, cfg.data.test_like_resize)
+        log.info("%s: %s the test-like OOF column (data.test_like_oof=%s, data.test_like_resize=%s)", fold_dir.name,
+                 f"remade (it was made with {made_with or LEGACY_KERNEL}, no retraining)" if had else "added",
+                 cfg.data.test_like_oof, cfg.data.test_like_resize)
+
+
+def test_like_kernel(out: Path, fold_dir: Path) -> str | None:
+    """The resize kernel a finished fold's test-like column was made with: its result.json's record, else the
+    experiment's metrics.json (runs before the per-fold record); None when neither says (LEGACY_KERNEL)."""
+    for path, keys in ((fold_dir / "result.json", ("test_like_resize",)),
+                       (out / "metrics.json", ("oof_test_like", "resize_kernel"))):
+        value = json.loads(path.read_text()) if path.is_file() else {}
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def record_test_like_kernel(fold_dir: Path, kernel: str) -> None:
+    """Write the kernel a fold's test-like column was (re)made with into its result.json."""
+    result = fold_dir / "result.json"
+    if result.is_file():
+        write_json(result, {**json.loads(result.read_text()), "test_like_resize": kernel})
 
 
 def pseudo_rows(cfg: Config, project: Project, fold: int, run: "Run", fold_dir: Path) -> ImageDataset:

@@ -329,6 +329,18 @@ class TestLikeEncoder:
             return np.asarray(img.convert("RGB"))
 
 
+LEGACY_KERNEL = "area"  # the only kernel before data.test_like_resize: test-like columns made without a record
+
+
+def kernel_is_stale(made_with: str | None, wanted: str, profile: dict | None) -> bool:
+    """Whether a test-like column made with resize kernel `made_with` (None: unrecorded, LEGACY_KERNEL assumed)
+    differs from one made with `wanted`: only when the profile resizes (shifted, scale != 1), as the kernel
+    touches no pixel otherwise."""
+    if not profile or not profile.get("shifted", True) or float(profile.get("scale", 1.0)) == 1.0:
+        return False
+    return (made_with or LEGACY_KERNEL) != wanted
+
+
 class KeyedFilter:
     """An ImageDataset image_filter: the encoder applied with each row's key (picklable, for DataLoader workers)."""
 

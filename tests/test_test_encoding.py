@@ -382,6 +382,78 @@ def test_trained_run_gains_the_test_like_column_without_retraining(trained_proje
     assert f"{side['nested_test_like']['mean']:.5f}" in blend_row
 
 
+# the kernel a test-like column was made with (None: unrecorded) x the configured one x the test profile -> stale?
+KERNEL_CASES = [(made, wanted, scale, shifted) for made in (None, "area", "lanczos", "bicubic", "mix")
+                for wanted in ("lanczos", "area", "mix") for scale in (0.5, 1.0, 2.0) for shifted in (True, False)]
+
+
+@pytest.mark.parametrize("made,wanted,scale,shifted", KERNEL_CASES)
+def test_a_test_like_column_is_stale_only_when_its_kernel_touched_pixels_differently(made, wanted, scale, shifted):
+    profile = {**profile_of("JPEG", 70, 2, scale), "shifted": shifted}
+    expected = shifted and scale != 1.0 and (made or "area") != wanted
+    assert test_encoding.kernel_is_stale(made, wanted, profile) is expected
+    assert test_encoding.kernel_is_stale(made, wanted, None) is False  # no test set: no column to remake
+
+
+# where the kernel is recorded (fold result.json, else the experiment's metrics.json) -> what add_test_like reads
+RECORDS = {"fold record": ({"test_like_resize": "bicubic"}, {"oof_test_like": {"resize_kernel": "lanczos"}}, "bicubic"),
+           "metrics only": ({}, {"oof_test_like": {"score": 0.9, "resize_kernel": "mix"}}, "mix"),
+           "metrics without kernel": ({}, {"oof_test_like": {"score": 0.9}}, None),
+           "no test-like score": ({}, {"oof_test_like": None}, None),
+           "nothing": (None, None, None)}
+
+
+@pytest.mark.parametrize("name", RECORDS)
+def test_the_kernel_of_a_finished_folds_column_is_read_from_its_records(tmp_path, name):
+    from competition.experiment import test_like_kernel
+
+    result, metrics, expected = RECORDS[name]
+    (tmp_path / "fold0").mkdir()
+    for path, content in ((tmp_path / "fold0" / "result.json", result), (tmp_path / "metrics.json", metrics)):
+        if content is not None:
+            path.write_text(json.dumps({"fold": 0, **content} if path.name == "result.json" else content))
+    assert test_like_kernel(tmp_path, tmp_path / "fold0") == expected
+
+
+@pytest.mark.slow  # predicts a trained run's validation rows re-encoded (no training)
+def test_a_column_made_with_another_kernel_is_remade_and_one_made_with_this_kernel_kept(trained_project, caplog):
+    home, out = trained_project, trained_project / "experiments" / "done"
+    reencode_test_images(home, quality=60, scale=0.5)
+    call_kit(home, "competition.experiment", "done")  # predicts the changed test files, adds the column (lanczos)
+    made = {k: pd.read_csv(out / f"fold{k}" / "oof.csv")["prob_test_like"].to_numpy() for k in (0, 1)}
+    assert all(json.loads((out / f"fold{k}" / "result.json").read_text())["test_like_resize"] == "lanczos"
+               for k in (0, 1))
+    # fold 0's record, metrics.json's record -> remade? (a sentinel column shows which were remade)
+    cases = [("area", "lanczos", True), (None, None, True), ("bicubic", "lanczos", True), (None, "lanczos", False),
+             ("lanczos", None, False)]
+    for fold_record, metrics_record, remade in cases:
+        oof_file, result_file = out / "fold0" / "oof.csv", out / "fold0" / "result.json"
+        oof = pd.read_csv(oof_file, dtype={"id": str})
+        pd.DataFrame({**oof, "prob_test_like": 0.5, "prob_test_like_adapted": 0.5}).to_csv(oof_file, index=False)
+        result = {k: v for k, v in json.loads(result_file.read_text()).items() if k != "test_like_resize"}
+        result_file.write_text(json.dumps({**result, **({"test_like_resize": fold_record} if fold_record else {})}))
+        metrics = json.loads((out / "metrics.json").read_text())
+        like = {k: v for k, v in metrics["oof_test_like"].items() if k != "resize_kernel"}
+        (out / "metrics.json").write_text(json.dumps({**metrics, "oof_test_like": {
+            **like, **({"resize_kernel": metrics_record} if metrics_record else {})}}))
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            call_kit(home, "competition.experiment", "done", "--assemble")
+        after = pd.read_csv(oof_file)
+        case = (fold_record, metrics_record)
+        if remade:
+            np.testing.assert_allclose(after["prob_test_like"], made[0], err_msg=str(case))
+            assert after["prob_test_like_adapted"].between(0, 1).all() and after["prob_test_like_adapted"].nunique() > 1
+            assert json.loads(result_file.read_text())["test_like_resize"] == "lanczos", case
+            assert any(f"fold0: remade (it was made with {fold_record or metrics_record or 'area'}"
+                       in r.getMessage() for r in caplog.records), case
+        else:
+            assert (after["prob_test_like"] == 0.5).all() and (after["prob_test_like_adapted"] == 0.5).all(), case
+        assert not any("fold1: remade" in r.getMessage() for r in caplog.records)  # its record matched: kept
+        assert json.loads((out / "metrics.json").read_text())["oof_test_like"]["resize_kernel"] == "lanczos"
+    np.testing.assert_array_equal(pd.read_csv(out / "fold1" / "oof.csv")["prob_test_like"], made[1])
+
+
 @pytest.mark.slow  # blends a trained run
 def test_runs_without_the_column_keep_working(trained_project):
     home = trained_project
