@@ -5,7 +5,7 @@ model never saw fold k's validation rows, and neither do the pseudo-labels it ma
 score stays honest. The fold-averaged `test.csv` would leak: four of its five models trained on fold k.
 
 The teacher must have been trained on the same training rows, labels and folds (its inputs.json says so), and its
-predictions must list the current test rows in order. The rows used are written to `fold{k}/pseudo.csv`.
+predictions must list the current test rows in order, made from the current test files (inputs.json's test_files). The rows used are written to `fold{k}/pseudo.csv`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ def teacher_predictions(cfg: Config, project: Project, fold: int, test: pd.DataF
         raise DataError(f"{inputs}: the teacher {cfg.pseudo.teacher} was trained on other training rows, labels or "
                         f"folds than this run; its fold-{fold} model may have seen fold {fold}'s validation rows. "
                         f"Retrain the teacher on the current folds file")
+    if saved.get("test_files") and fingerprint.get("test_files") and saved["test_files"] != fingerprint["test_files"]:
+        raise DataError(f"{inputs}: the teacher {cfg.pseudo.teacher} predicted other test files (same names, other "
+                        f"content) than this run's, so its pseudo-labels would belong to other images; run "
+                        f"`./run.sh {cfg.pseudo.teacher}` to predict them again from its checkpoints (no training)")
     frame = pd.read_csv(preds, dtype={"id": str}, keep_default_na=False)
     if len(frame) != len(test) or not (frame["id"].to_numpy() == test["id"].to_numpy()).all():
         raise DataError(f"{preds} does not list the current test rows in order; rerun the teacher "

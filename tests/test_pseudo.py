@@ -66,6 +66,33 @@ def test_a_teacher_trained_on_other_folds_or_missing_a_fold_is_refused(tmp_path)
     assert result.returncode != 0 and "no fold-1 test predictions" in result.stderr and "./run.sh teacher" in result.stderr
 
 
+# the teacher's recorded test files digest -> accepted? (None / absent: records older than the digest are trusted)
+TEACHER_TEST_FILES = {"same": (lambda now: now, True), "absent": (None, True), "null": (lambda now: None, True),
+                      "other content": (lambda now: now[::-1], False), "other shape": (lambda now: "x" * 8, False)}
+
+
+@pytest.mark.parametrize("name", TEACHER_TEST_FILES)
+def test_a_teacher_that_predicted_other_test_files_is_refused(tmp_path, name):
+    from competition.pseudo import teacher_predictions
+    from competition.tables import DataError
+
+    home = make_competition(tmp_path)
+    smoke_experiment(home, "student")
+    project = Project(home)
+    cfg = load_config("student", ["pseudo.teacher=teacher"], project)
+    train, test = load_tables(cfg, project)
+    now = inputs_fingerprint(train, test)
+    change, accepted = TEACHER_TEST_FILES[name]
+    saved = {k: v for k, v in now.items() if k != "test_files"}
+    fake_teacher(home, saved if change is None else {**saved, "test_files": change(now["test_files"])}, test)
+    if accepted:
+        assert len(teacher_predictions(cfg, project, 0, test, now)) == len(test)
+    else:
+        with pytest.raises(DataError, match=r"teacher/inputs.json: the teacher teacher predicted other test files .* "
+                                            r"run `./run.sh teacher` to predict them again"):
+            teacher_predictions(cfg, project, 0, test, now)
+
+
 def test_select_pseudo_keeps_only_confident_decoded_rows():
     from competition.config import Config, replace
     from competition.pseudo import select_pseudo
