@@ -176,9 +176,11 @@ def add_test_like(cfg: Config, project: Project, out: Path, run: "Run", folds: l
                 prob_test_like_adapted=adapted)
         write_csv(fold_dir / "oof.csv", oof)
         record_test_like_kernel(fold_dir, cfg.data.test_like_resize)
-        log.info("%s: %s the test-like OOF column (data.test_like_oof=%s, data.test_like_resize=%s)", fold_dir.name,
-                 f"remade (it was made with {made_with or LEGACY_KERNEL}, no retraining)" if had else "added",
-                 cfg.data.test_like_oof, cfg.data.test_like_resize)
+        if had:
+            log.info("%s: test-like OOF column made with %s remade with data.test_like_resize=%s (from best.pt, no "
+                     "retraining)", fold_dir.name, made_with or LEGACY_KERNEL, cfg.data.test_like_resize)
+        else:
+            log.info("%s: added the test-like OOF column (data.test_like_oof=%s)", fold_dir.name, cfg.data.test_like_oof)
 
 
 def test_like_kernel(out: Path, fold_dir: Path) -> str | None:

@@ -445,11 +445,12 @@ def test_a_column_made_with_another_kernel_is_remade_and_one_made_with_this_kern
             np.testing.assert_allclose(after["prob_test_like"], made[0], err_msg=str(case))
             assert after["prob_test_like_adapted"].between(0, 1).all() and after["prob_test_like_adapted"].nunique() > 1
             assert json.loads(result_file.read_text())["test_like_resize"] == "lanczos", case
-            assert any(f"fold0: remade (it was made with {fold_record or metrics_record or 'area'}"
-                       in r.getMessage() for r in caplog.records), case
+            assert any(f"fold0: test-like OOF column made with {fold_record or metrics_record or 'area'} remade with "
+                       f"data.test_like_resize=lanczos" in r.getMessage() for r in caplog.records), case
         else:
             assert (after["prob_test_like"] == 0.5).all() and (after["prob_test_like_adapted"] == 0.5).all(), case
-        assert not any("fold1: remade" in r.getMessage() for r in caplog.records)  # its record matched: kept
+        # fold 1's record matched: kept
+        assert not any("fold1: test-like OOF column made" in r.getMessage() for r in caplog.records)
         assert json.loads((out / "metrics.json").read_text())["oof_test_like"]["resize_kernel"] == "lanczos"
     np.testing.assert_array_equal(pd.read_csv(out / "fold1" / "oof.csv")["prob_test_like"], made[1])
 
