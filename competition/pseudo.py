@@ -5,7 +5,8 @@ model never saw fold k's validation rows, and neither do the pseudo-labels it ma
 score stays honest. The fold-averaged `test.csv` would leak: four of its five models trained on fold k.
 
 The teacher must have been trained on the same training rows, labels and folds (its inputs.json says so), and its
-predictions must list the current test rows in order, made from the current test files (inputs.json's test_files). The rows used are written to `fold{k}/pseudo.csv`.
+predictions must list the current test rows in order, made from the current test files (inputs.json's test_files).
+The rows used are written to `fold{k}/pseudo.csv`.
 """
 
 from __future__ import annotations
