@@ -109,13 +109,14 @@ def write_outputs(cfg: Config, out: Path, folds_run: list[int], n_folds: int, te
     oof, fold_tests, results = read_folds(out, folds_run, test)
     test_prob = np.mean([f["prob"].to_numpy(dtype=float) for f in fold_tests], axis=0)
     cfg = check_adaptation(cfg, out, folds_run, results)  # the run's recorded tta.adapt_bn
-    like = [c for c in ("prob_test_like", "prob_test_like_adapted") if c in oof and oof[c].notna().all()]
-    write_csv(out / "oof.csv", oof[["id", "fold", "target", "prob", *like]])  # test-like: when every fold has it
-    write_csv(out / "test.csv", pd.DataFrame({"id": test["id"].values, "prob": test_prob}))
     bad = {"train": oof.loc[oof["error"] != "", ["id", "error"]],
            "test": fold_tests[0].loc[fold_tests[0]["error"] != "", ["id", "error"]]}
     write_csv(out / "bad_train_images.csv", bad["train"])
     write_csv(out / "bad_test_images.csv", bad["test"])
+    check_classes_seen(oof, out / "bad_train_images.csv")
+    like = [c for c in ("prob_test_like", "prob_test_like_adapted") if c in oof and oof[c].notna().all()]
+    write_csv(out / "oof.csv", oof[["id", "fold", "target", "prob", *like]])  # test-like: when every fold has it
+    write_csv(out / "test.csv", pd.DataFrame({"id": test["id"].values, "prob": test_prob}))
     metrics = summarize(cfg, oof, results, folds_run, n_folds, wall_s, test_prob)
     if "prob_test_like" in like:
         metrics["oof_test_like"] = test_like_scores(cfg, oof, metrics, encoding)
@@ -127,6 +128,19 @@ def write_outputs(cfg: Config, out: Path, folds_run: list[int], n_folds: int, te
         warn_positive_rates(metrics["positive_rate"], metrics["threshold"], cfg.name)
     warn_bad_images(bad, out)
     return metrics
+
+
+def check_classes_seen(oof: pd.DataFrame, listing: Path) -> None:
+    """Refuse to score a run where over half of a class's training images could not be decoded: the model barely
+    saw that class, and its rows, predicted at the prior, can make any score look perfect (all human images
+    unreadable scored AUC 1.0)."""
+    bad = (oof["error"] != "").to_numpy()
+    for label, name in ((0, "human (0)"), (1, "AI (1)")):
+        rows = (oof["target"] == label).to_numpy()
+        if rows.any() and 2 * (bad & rows).sum() > rows.sum():
+            raise DataError(f"{listing}: {int((bad & rows).sum())} of {int(rows.sum())} {name} training images could "
+                            f"not be decoded, so the model barely saw that class and the OOF score would mean nothing "
+                            f"- restore those files (or drop their rows from train.csv), then rerun with --restart")
 
 
 def summarize(cfg: Config, oof: pd.DataFrame, results: list[dict], folds_run: list[int], n_folds: int,

@@ -28,7 +28,7 @@ from competition.atomic import write_text
 from competition.augment import preset_names, view_names  # registries: the allowed values of the fields below
 from competition.errors import ConfigError
 from competition.metrics import metric_names
-from competition.project import Project, check_name, typed_folder
+from competition.project import Project, check_name, refuse_command_name, typed_folder
 
 __all__ = ["Config", "ConfigError", "load_config", "load_saved_config", "save_config", "to_dict", "replace"]
 log = logging.getLogger(__name__)
@@ -41,10 +41,12 @@ class Range(NamedTuple):
     gt: float | None = None
     le: float | None = None
     lt: float | None = None
+    why: str = ""  # the reason for the bounds, added to the refusal (e.g. what breaks below the minimum)
 
 
 Probability = Annotated[float, Range(ge=0.0, le=1.0)]
 Seed = Annotated[int, Range(ge=0, le=2**32 - 1)]  # what numpy and torch accept as a seed
+TrainingBatch = Annotated[int, Range(ge=2, why="BatchNorm needs at least 2 images per training batch")]  # 1 crashes
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: Annotated[int, Range(ge=1)] = 10  # maximum epochs per fold
-    batch_size: Annotated[int, Range(ge=1)] = 64  # images per optimizer micro-step
+    batch_size: TrainingBatch = 64  # images per optimizer micro-step (at least 2: BatchNorm needs 2 per batch)
     accum_steps: Annotated[int, Range(ge=1)] = 1  # gradient accumulation: effective batch = batch_size * accum_steps
     optimizer: str = "adamw"  # any timm optimizer (timm.optim.list_optimizers(): adamw, sgd, lamb, lion, ...),
     # built by timm.optim.create_optimizer_v2; no weight decay on biases and norms
@@ -353,9 +355,11 @@ EXPERIMENT_SUFFIXES = (".yaml", ".yml")  # an experiment's YAML; `.yml` is read 
 
 def experiment_file(name_or_path: str, project: Project) -> Path:
     """Map `exp001` or a path ending in .yaml/.yml to the experiment's YAML file; a missing one is refused with
-    the close names that exist (see missing_experiment)."""
+    the close names that exist (see missing_experiment), one named like a run.sh command (`report`) with the fix."""
     path = Path(name_or_path)
-    if path.suffix.lower() in EXPERIMENT_SUFFIXES:
+    if path.suffix.lower() not in EXPERIMENT_SUFFIXES:
+        found = named_yaml(check_name(name_or_path), project.experiments)
+    else:
         try:
             check_name(path.stem)  # `..yaml` would put outputs in experiments/. or above
         except ConfigError as err:
@@ -363,12 +367,13 @@ def experiment_file(name_or_path: str, project: Project) -> Path:
         from competition.paths import PathNotFound, experiment_yaml  # where the person typed it, then the project
 
         try:
-            return experiment_yaml(name_or_path, project)
+            found = experiment_yaml(name_or_path, project)
         except PathNotFound as err:
             if len(path.parts) == 1:  # a bare file name: it would be in experiments/
                 raise missing_experiment(path.stem, project.experiments, typed=name_or_path) from None
             raise ConfigError(f"{err} (config file not found)") from None
-    return named_yaml(check_name(name_or_path), project.experiments)
+    refuse_command_name(found.stem, found, project.root)  # outputs and advice use the stem: `./run.sh <stem>`
+    return found
 
 
 def named_yaml(name: str, folder: Path) -> Path:
@@ -687,7 +692,8 @@ def _check_range(where: str, value: float, bound: Range) -> None:
     if failed:
         want = " and ".join(f"{op} {limit if isinstance(limit, int) else format(limit, 'g')}"
                             for limit, _, op in tests if limit is not None)
-        raise ConfigError(f"{where}: {value!r} is out of range; it must be {want}")
+        why = f" ({bound.why})" if bound.why else ""
+        raise ConfigError(f"{where}: {value!r} is out of range; it must be {want}{why}")
 
 
 def field_hints(cls: type) -> dict[str, Any]:

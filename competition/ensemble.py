@@ -31,13 +31,14 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 from competition import cli, options
 from competition.atomic import write_csv, write_json
 from competition.config import CompetitionConfig, TrackingConfig, is_override, load_config
-from competition.errors import KitError
+from competition.errors import DataError, KitError
 from competition.leaderboard import (SCOPE_FIELDS, DataCheck, data_problem, experiment_scope, member_state,
                                      missing_outputs, read_json, scope_title, test_like_column, write_leaderboard)
 from competition.blend import Blend, auto_methods, choose, describe_methods, method_names, nested_auto, nested_cv
@@ -45,7 +46,8 @@ from competition.metrics import (THRESHOLD_METRICS, best_threshold, get_metric, 
                                  warn_positive_rates)
 from competition.paths import experiment_arg
 from competition.project import Project, typed_folder
-from competition.submission import Evidence, SubmissionError, build_submission, write_submission
+from competition.run_folder import fold_done
+from competition.submission import Evidence, SubmissionError, build_submission, expected_frame, write_submission
 from competition.tracking import log_blend
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ class Members:
 
 
 def load_oof(project: Project, name: str) -> pd.DataFrame:
-    """An experiment's oof.csv (id, fold, target, prob), refusing partial experiments."""
+    """An experiment's oof.csv (id, fold, target, prob), refusing partial experiments and damaged files."""
     out = project.experiment_dir(name)
     metrics_file, oof_file = out / "metrics.json", out / "oof.csv"
     if not (metrics_file.is_file() and oof_file.is_file()):
@@ -83,31 +85,98 @@ def load_oof(project: Project, name: str) -> pd.DataFrame:
         raise EnsembleError(f"{metrics_file}: unreadable - rerun `./run.sh {name}` to rewrite it")
     if not metrics.get("complete", False):
         raise EnsembleError(f"{metrics_file}: experiment ran only some folds; finish it before blending")
-    oof = read_predictions(oof_file, name)
-    if oof["id"].duplicated().any():
-        raise EnsembleError(f"{oof_file}: ids listed twice - rerun `./run.sh {name} --restart`")
+    oof = read_predictions(oof_file, name, lambda: remake_fix(out, name, "oof.csv", metrics))
+    check_oof_rows(oof, oof_file, name, metrics)
     return oof
 
 
-def read_predictions(file: Path, name: str) -> pd.DataFrame:
-    """oof.csv or test.csv of an experiment: ids as text, `prob` a number on every row (else refused, naming rows)."""
+def recorded_rows(out: Path, metrics: dict) -> tuple[int | None, str]:
+    """The OOF row count an experiment recorded (metrics.json n_oof, else inputs.json n_train) and where."""
+    if isinstance(metrics.get("n_oof"), int):
+        return metrics["n_oof"], "metrics.json n_oof"
+    inputs = read_json(out / "inputs.json") if (out / "inputs.json").is_file() else None
+    n_train = inputs.get("n_train") if isinstance(inputs, dict) else None
+    return (n_train, "inputs.json n_train") if isinstance(n_train, int) else (None, "")
+
+
+def check_oof_rows(oof: pd.DataFrame, file: Path, name: str, metrics: dict) -> None:
+    """Refuse a damaged oof.csv (no rows, ids listed twice, another row count than the experiment recorded) with the
+    command that truly remakes it (remake_fix)."""
+    n, where = recorded_rows(file.parent, metrics)
+    twice = oof["id"][oof["id"].duplicated()]
+    problem = ("no rows (header only)" if oof.empty else
+               f"{len(twice)} id(s) listed twice, e.g. {twice.head(3).tolist()}" if len(twice) else
+               f"{len(oof)} rows, but the experiment recorded {n} ({where})" if n is not None and len(oof) != n else "")
+    if problem:
+        raise DataError(f"{file}: {problem}: the file is damaged - {remake_fix(file.parent, name, file.name, metrics)}")
+
+
+def fold_frames(out: Path, file: str) -> list[pd.DataFrame] | None:
+    """Every fold's <file> (oof.csv or test.csv) of an experiment, or None when a fold is unfinished or unreadable."""
+    folds = sorted(p for p in out.glob("fold*") if p.is_dir() and p.name[4:].isdigit())
+    if not folds or not all(fold_done(p) for p in folds):
+        return None
+    try:
+        frames = [pd.read_csv(p / file, dtype={"id": str}, keep_default_na=False) for p in folds]
+    except (OSError, ValueError):
+        return None
+    whole = all({"id", "prob"} <= set(f.columns) and pd.to_numeric(f["prob"], errors="coerce").notna().all()
+                for f in frames)
+    return frames if whole else None
+
+
+def remake_fix(out: Path, name: str, file: str, metrics: dict | None = None, want: pd.Series | None = None) -> str:
+    """The command that truly remakes an experiment's oof.csv/test.csv: `./run.sh assemble` when its fold files are
+    whole (OOF: the recorded row count, each id once; test: every id in `want`), else rerunning the experiment."""
+    frames = fold_frames(out, file)
+    if frames is not None and file == "oof.csv":
+        ids, (n, _) = pd.concat(frames)["id"], recorded_rows(out, metrics or {})
+        whole = len(ids) > 0 and not ids.duplicated().any() and (n is None or len(ids) == n)
+    else:
+        whole = frames is not None and all(len(f) > 0 and (want is None or want.isin(set(f["id"])).all())
+                                           for f in frames)
+    if whole:
+        return f"`./run.sh assemble {name}` rebuilds {file} from its fold files"
+    return f"its fold files are damaged or missing too: rerun `./run.sh {name} --restart`"
+
+
+def read_predictions(file: Path, name: str, fix: Callable[[], str] | None = None) -> pd.DataFrame:
+    """oof.csv or test.csv of an experiment: ids as text, `prob` a number on every row (else refused, naming rows and
+    `fix()`, the command remaking the file: default a rerun)."""
+    def advice() -> str:
+        return fix() if fix else f"rerun `./run.sh {name} --restart`"
+
     try:
         frame = pd.read_csv(file, dtype={"id": str, "error": str}, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise EnsembleError(f"{file}: unreadable ({type(err).__name__}) - rerun `./run.sh {name} --restart`") from None
+        raise DataError(f"{file}: unreadable ({type(err).__name__}) - {advice()}") from None
     if not {"id", "prob"} <= set(frame.columns):
-        raise EnsembleError(f"{file}: needs columns id and prob, has {list(frame.columns)} - rerun `./run.sh {name}`")
+        raise DataError(f"{file}: needs columns id and prob, has {list(frame.columns)} - {advice()}")
     frame["prob"] = pd.to_numeric(frame["prob"], errors="coerce")
     empty = frame["prob"].isna()
     if empty.any():
-        raise EnsembleError(f"{file}: {int(empty.sum())} of {len(frame)} rows have no probability (empty/NaN), e.g. "
-                            f"{frame.loc[empty, 'id'].head(3).tolist()} - rerun `./run.sh {name} --restart`")
+        raise DataError(f"{file}: {int(empty.sum())} of {len(frame)} rows have no probability (empty/NaN), e.g. "
+                        f"{frame.loc[empty, 'id'].head(3).tolist()} - {advice()}")
     return frame
 
 
 def load_test(project: Project, name: str) -> pd.DataFrame:
     """An experiment's fold-averaged test predictions (id, prob)."""
-    return read_predictions(project.experiment_dir(name) / "test.csv", name)
+    out = project.experiment_dir(name)
+    return read_predictions(out / "test.csv", name, lambda: remake_fix(out, name, "test.csv"))
+
+
+def check_test_ids(project: Project, comp: CompetitionConfig, names: list[str], test_ids: pd.Series) -> None:
+    """Refuse members whose test.csv lacks sample-submission ids (cut short, other ids), naming the files and the
+    command that remakes each (remake_fix)."""
+    want = expected_frame(comp, project, test_ids)[comp.id_column].astype(str)
+    missing = want[~want.isin(set(test_ids.astype(str)))]
+    if len(missing):
+        files = ", ".join(str(project.experiment_dir(n) / "test.csv") for n in names)
+        fixes = "; ".join(dict.fromkeys(remake_fix(project.experiment_dir(n), n, "test.csv", want=want) for n in names))
+        raise DataError(f"{files}: {len(missing)} sample-submission ids have no prediction, e.g. "
+                        f"{missing.head(3).tolist()} - the predictions file is cut short or made for other test ids: "
+                        f"{fixes}")
 
 
 def test_errors(project: Project, name: str) -> tuple[dict[str, str], str]:
@@ -389,6 +458,7 @@ def blend_experiments(project: Project, names: list[str], method: str, comp: Com
         check_member(project, member)
     check_current_data(project, names, comp)
     members = load_members(project, names, comp.metric)
+    check_test_ids(project, comp, names, members.test_ids)
     shared = check_same_scope(project, names, comp)
     if shared["metric"] and shared["metric"] != comp.metric:
         log.warning("members were scored by %s; this blend is fitted and scored by %s (competition.metric)",

@@ -80,6 +80,7 @@ def make_folds(cfg: Config, train: pd.DataFrame, project: Project) -> pd.DataFra
         splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(folds, folds["label"])
     for fold, (_, val_idx) in enumerate(splits):
         folds.iloc[val_idx, folds.columns.get_loc("fold")] = fold
+    check_fold_classes(folds, "fold", cfg)
     if groups is not None:
         crossing = folds.groupby("group")["fold"].nunique()
         if (crossing > 1).any():
@@ -90,6 +91,21 @@ def make_folds(cfg: Config, train: pd.DataFrame, project: Project) -> pd.DataFra
     if cfg.folds.ood_split == "cluster":
         folds["ood_fold"] = make_ood_folds(cfg, train, project)
     return folds
+
+
+def check_fold_classes(folds: pd.DataFrame, column: str, cfg: Config) -> None:
+    """Refuse a split where a fold's validation rows hold one class: no score but accuracy is defined there (AUC,
+    F1 and log loss need both), and every epoch of that fold would score NaN. Only grouping can do it."""
+    counts = folds.groupby(column)["label"].agg(["size", "sum"])
+    lone = counts[(counts["sum"] == 0) | (counts["sum"] == counts["size"])]
+    if len(lone):
+        fold, row = int(lone.index[0]), lone.iloc[0]
+        which = "AI (1)" if row["sum"] else "human (0)"
+        cause = (f"the groups follow the label: check the column folds.group_column: {cfg.folds.group_column}"
+                 if cfg.folds.group_column else f"grouping (folds.groups: {cfg.folds.groups}) joined each class into "
+                 f"few groups: use fewer folds.n_splits or a finer grouping")
+        raise DataError(f"{len(lone)} fold(s) would validate on one class only (fold {fold}: {int(row['size'])} "
+                        f"{which} images, none of the other), so its score is undefined - {cause}")
 
 
 def check_group_count(folds: pd.DataFrame, k: int, cfg: Config) -> None:

@@ -118,6 +118,10 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, vi
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
     for images, _, index, error in tqdm(loader, desc=desc, leave=False, mininterval=2, disable=not dist.is_main):
         p = predict_views(model, images.to(device, non_blocking=True), transforms, autocast, channels_last, max_batch)
+        if not np.isfinite(p).all():
+            raise ConfigError(f"{desc}: the model answered NaN/inf for {int((~np.isfinite(p)).any(axis=(0, 2)).sum())} "
+                              f"of {p.shape[1]} image(s): its weights are NaN/inf, as after a training that diverged - "
+                              f"lower train.lr (or set train.clip_grad, e.g. 1.0), then rerun with --restart")
         idx = index.numpy()
         prob[idx] = p.mean(axis=(0, 2))
         prob_id[idx] = p[0, :, -1]  # identity view of the centre crop (last of five_crops / tile_crops)

@@ -422,7 +422,9 @@ def render(experiments: list[dict], blends: list[dict], data_note: str = "") -> 
 
 
 def write_leaderboard(project: Project) -> Path:
-    """Regenerate the leaderboard file from disk."""
+    """Regenerate the leaderboard file from disk; refused (ProjectError, nothing written) for a $KIT_HOME folder
+    without competition.yaml, as every other command refuses it."""
+    project.competition_yaml()  # KIT_HOME=<data folder> would otherwise get an experiments/LEADERBOARD.md
     path, check = project.leaderboard, DataCheck(project)
     experiments = load_metrics(project.experiments, check)
     write_text(path, render(experiments, load_blends(project.submissions, project.experiments, check), check.problem))

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent  # the kit's own checkout
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # experiment / submission names: plain, no separators
+# run.sh's first words that are commands, not experiments (its `case`, case-sensitive): `./run.sh report` runs the
+# report command, so an experiment named `report` could never be trained by name (tests/test_reserved_names.py
+# reads the words from run.sh, so the two cannot drift)
+RUN_SH_COMMANDS = frozenset("test audit folds ensemble submit shift leaderboard predict report explain serve compare "
+                            "assemble kaggle bundle export config".split())
 
 
 class ProjectError(ConfigError):
@@ -49,6 +54,14 @@ def check_name(name: str, what: str = "experiment") -> str:
         raise ConfigError(f"{what} name {name!r} is not a plain name: use letters, digits and _ . - "
                           f"(e.g. exp012), starting with a letter or digit")
     return name
+
+
+def refuse_command_name(name: str, yaml_file: Path, root: Path | None = None) -> None:
+    """Raise ConfigError naming the YAML file when an experiment is named like a run.sh command (RUN_SH_COMMANDS)."""
+    if name in RUN_SH_COMMANDS:
+        shown = yaml_file.relative_to(root) if root and yaml_file.is_relative_to(root) else yaml_file
+        raise ConfigError(f"`{name}` is a run.sh command, so `./run.sh {name}` cannot train this experiment: rename "
+                          f"{shown} (e.g. {name}_exp{yaml_file.suffix})")
 
 
 @dataclass(frozen=True)
@@ -107,8 +120,13 @@ class Project:
         return path if path.is_absolute() else (self.root / path).resolve()
 
     def experiment_dir(self, name: str) -> Path:
-        """experiments/<name>/, for a plain name only (never the experiments folder itself or above it)."""
-        return inside(self.experiments / check_name(name), self.experiments)
+        """experiments/<name>/, for a plain name only (never the experiments folder itself or above it), and not for
+        an experiments/<name>.yaml named like a run.sh command (refuse_command_name)."""
+        if check_name(name) in RUN_SH_COMMANDS:  # only such names: no disk look-up for the others
+            for file in sorted(self.experiments.glob(f"{name}.*")):
+                if file.stem == name and file.suffix.lower() in (".yaml", ".yml") and file.is_file():
+                    refuse_command_name(name, file, self.root)
+        return inside(self.experiments / name, self.experiments)
 
     def submission_file(self, name: str) -> Path:
         """submissions/<name>.csv for a plain name."""

@@ -101,7 +101,21 @@ def check_columns(frame: pd.DataFrame, expected: pd.DataFrame, comp: Competition
                               f"values (competition.ensemble does)")
     if sorted(got) == sorted(want):
         raise SubmissionError(f"columns are {got}; the sample submission's order is {want} - write them in that order")
-    raise SubmissionError(f"columns are {got}; the competition wants exactly {want}")
+    hint = column_hint(got, want)
+    raise SubmissionError(f"columns are {got}; the competition wants exactly {want}{' - ' + hint if hint else ''}")
+
+
+def column_hint(got: list[str], want: list[str]) -> str:
+    """How a header came to differ, for two common accidents: a saved pandas index ('Unnamed: 0', or an unnamed
+    first column), and names that differ only by case/whitespace ('' when neither)."""
+    index = [c for i, c in enumerate(got) if c not in want and (str(c).startswith("Unnamed: ") or
+                                                                (i == 0 and not str(c).strip()))]
+    rest = [c for c in got if c not in index]
+    hints = [f"column(s) {index}: the file was saved with the pandas index: write it with index=False (or drop that "
+             f"column)"] if index else []
+    if rest != want and [str(c).strip().lower() for c in rest] == [c.strip().lower() for c in want]:
+        hints.append(f"{rest} differ from {want} only by case/whitespace: write the names exactly as the sample's")
+    return "; ".join(hints)
 
 
 def check_ids(ids: pd.Series, want: pd.Series) -> None:

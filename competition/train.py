@@ -39,6 +39,7 @@ from competition.atomic import save_torch, write_csv
 from competition.config import Config, ConfigError, to_dict
 from competition.dataset import make_loader
 from competition.distributed import SINGLE, Dist
+from competition.errors import DataError
 from competition.inference import predict
 from competition.metrics import is_better, score, score_all, selection_metric
 from competition.model import Detector, amp_dtype, build_model
@@ -390,7 +391,9 @@ def train_fold(cfg: Config, inputs: FoldInputs, out_dir: Path, device: torch.dev
     if state.swa is not None:
         finish_swa(state, loader, val_loader, inputs, cfg, device, out_dir, dist)
     if not best_path.is_file():
-        raise RuntimeError(f"fold {inputs.fold}: no best checkpoint written (did every epoch score NaN?)")
+        raise DataError(f"{out_dir / 'log.csv'}: fold {inputs.fold} scored NaN at every epoch, so no best checkpoint "
+                        f"was written (a validation fold of one class, or NaN predictions) - rebuild the folds "
+                        f"(`./run.sh folds --force`) or lower train.lr, then rerun with --restart")
     return best_path
 
 

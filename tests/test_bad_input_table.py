@@ -148,7 +148,7 @@ CASES = [
     # --- configs: values refused at load, one line naming the key
     Case("epochs 0", exp(train={"epochs": 0}), ("train.epochs", "must be >= 1")),
     Case("epochs -1", exp(train={"epochs": -1}), ("train.epochs", ">= 1")),
-    Case("batch_size 0", exp(train={"batch_size": 0}), ("train.batch_size", ">= 1")),
+    Case("batch_size 0", exp(train={"batch_size": 0}), ("train.batch_size", ">= 2")),
     Case("lr 0", exp(train={"lr": 0.0}), ("train.lr", "> 0")),
     Case("accum_steps 0", exp(train={"accum_steps": 0}), ("train.accum_steps", ">= 1")),
     Case("threads -1", exp(train={"threads": -1}), ("train.threads", ">= 0")),

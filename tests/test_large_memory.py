@@ -179,7 +179,7 @@ def test_predict_views_builds_only_each_forward_chunk(views, crops, max_batch):
     np.testing.assert_allclose(got, reference, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("batch,max_batch,cap", [(32, 0, 32), (8, 0, 8), (32, 100, 100), (1, 0, 1)])
+@pytest.mark.parametrize("batch,max_batch,cap", [(32, 0, 32), (8, 0, 8), (32, 100, 100), (2, 0, 2)])
 def test_a_forward_takes_one_training_batch_unless_told(tile_cfg, batch, max_batch, cap):
     cfg = replace(tile_cfg, train={"batch_size": batch}, tta={"max_batch": max_batch})
     assert forward_cap(cfg) == cap

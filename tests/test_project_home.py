@@ -113,7 +113,8 @@ def test_a_kit_home_that_is_a_folder_is_used_from_where_it_was_typed(typed, monk
     monkeypatch.setenv("KIT_HOME", spelling.format(typed=typed))
     project = Project.from_env()
     assert project.root == where.resolve() and project.from_home
-    result = kit("competition.leaderboard")  # needs no competition.yaml: proceeds
+    (where / "competition.yaml").write_text((REPO / "competition.yaml").read_text())  # a project holds one
+    result = kit("competition.leaderboard")
     assert result.returncode == 0, result.stderr
     assert (where / "experiments" / "LEADERBOARD.md").is_file()
 
