@@ -102,6 +102,7 @@ class DiskIndex:
         self.root = Path(root)
         self._loose: dict[str, list[str]] | None = None
         self._stems: dict[str, list[str]] = defaultdict(list)
+        self._names: dict[str, list[str]] = defaultdict(list)  # file name (with extension) -> every path holding it
 
     def _build(self) -> dict[str, list[str]]:
         """Walk the folder once."""
@@ -113,12 +114,20 @@ class DiskIndex:
                     rel = os.path.relpath(os.path.join(folder, name), self.root).replace(os.sep, "/")
                     self._loose[loose_key(rel)].append(rel)
                     self._stems[unicodedata.normalize("NFC", PurePosixPath(name).stem)].append(rel)
+                    self._names[unicodedata.normalize("NFC", name)].append(rel)
         return self._loose
 
     def near(self, rel: str) -> str | None:
         """The one file on disk whose spelling differs from rel only in case, accents, separators or extension."""
         hits = self._build().get(loose_key(rel), [])
         return hits[0] if len(hits) == 1 else None
+
+    def moved(self, rel: str) -> str | None:
+        """The one file on disk with rel's file name (extension included) in another folder, e.g. train/a.jpg for
+        train_data/a.jpg or for a.jpg."""
+        self._build()
+        hits = self._names.get(unicodedata.normalize("NFC", PurePosixPath(canonical(rel)).name), [])
+        return hits[0] if len(hits) == 1 and hits[0] != canonical(rel) else None
 
     def by_stem(self, stem: str, kind: str, suffixes: frozenset[str]) -> list[str]:
         """Image files named stem.<image suffix>; those under a folder named like `kind` (test/...) first."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
@@ -157,11 +157,24 @@ def _explain_misses(frame: pd.DataFrame, missing: pd.Series, index: DiskIndex, k
             fixes.append(f"the ids are bare names (no folder, no extension), looked up as <id>.<image extension> in a "
                          f"{kind} folder or anywhere under {index.root}, one file each: put each image there once, "
                          f"or point competition.{'test_' if kind == 'test' else ''}path_column at a column of file paths")
+        elif index.moved(rel):
+            moved = index.moved(rel)
+            shown.append(f"row {i + 1} ({rel!r}: on disk {moved!r}, same name in another folder)")
+            was, now = (repr(folder_of(r)) if folder_of(r) else "no folder" for r in (rel, moved))
+            fixes.append(f"the files sit in another folder than the table says: fix the folder in the paths (here "
+                         f"{was} -> {now}) or move the files back")
         else:
             shown.append(f"row {i + 1} ({rel!r})")
-            fixes.append("restore the files or drop those rows")
+            fixes.append("restore the files" + (" (a test row cannot be dropped: the submission needs every id)"
+                                                if kind == "test" else " or drop those rows"))
     more = int(missing.sum()) - len(shown)
     return ", ".join(shown) + (f" and {more} more" if more > 0 else ""), "; ".join(dict.fromkeys(fixes))
+
+
+def folder_of(rel: str) -> str:
+    """A table path's folder as typed ('' for a bare file name), to show a moved file's folder change."""
+    parent = str(PurePosixPath(canonical(rel)).parent)
+    return "" if parent == "." else parent
 
 
 def _check_same_files(frame: pd.DataFrame, file: Path) -> None:
