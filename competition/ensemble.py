@@ -267,6 +267,16 @@ def check_current_data(project: Project, names: list[str], comp: CompetitionConf
         log.warning("members' training data not compared with the competition's current data: %s", check.problem)
 
 
+def different_test_ids(project: Project, names: tuple[str, str], tests: tuple[pd.DataFrame, pd.DataFrame]) -> DataError:
+    """The error for two members whose test.csv list different ids: both files, what each lacks, and each one's
+    remake command (remake_fix; the sample submission's ids decide which is stale)."""
+    (a, b), (ids_a, ids_b) = names, (set(t["id"]) for t in tests)
+    files = [project.experiment_dir(n) / "test.csv" for n in names]
+    fixes = "; ".join(f"{n}: {remake_fix(project.experiment_dir(n), n, 'test.csv')}" for n in names)
+    return DataError(f"{files[0]} and {files[1]} list different test ids ({len(ids_a - ids_b)} only in {a}'s, "
+                     f"{len(ids_b - ids_a)} only in {b}'s): one is cut short or made for other test ids - {fixes}")
+
+
 def load_members(project: Project, names: list[str], metric: str) -> Members:
     """Load and align members, checking they share the same OOF ids, folds and test ids."""
     if len(set(names)) != len(names):
@@ -286,7 +296,7 @@ def load_members(project: Project, names: list[str], metric: str) -> Members:
             raise EnsembleError(f"{name} and {names[0]} used different folds ({n_diff} rows differ); nested scores "
                                 f"need shared folds - rerun one of them on the same folds file")
         if set(test["id"]) != set(ref_test["id"]):
-            raise EnsembleError(f"{name} and {names[0]} predicted different test ids")
+            raise different_test_ids(project, (names[0], name), (ref_test, test))
     tests = [t.set_index("id").loc[ref_test["id"]].reset_index() for t in tests]
     members = Members(names=names, oof=np.column_stack([o["prob"].to_numpy(float) for o in oofs]),
                       test=np.column_stack([t["prob"].to_numpy(float) for t in tests]),

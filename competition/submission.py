@@ -191,6 +191,7 @@ def check_information(values: np.ndarray, ids: pd.Series, comp: CompetitionConfi
         return
     if comp.submission_values == "label" or not n:
         return
+    warn_hard_labels(values, comp)
     inside = values[(values > 0) & (values < 1)]
     fills, counts = np.unique(inside, return_counts=True)
     if len(counts) and counts.max() > MOST * n:
@@ -198,6 +199,16 @@ def check_information(values: np.ndarray, ids: pd.Series, comp: CompetitionConfi
         raise SubmissionError(f"{int(counts.max())} of {n} rows ({counts.max() / n:.0%}) have the same value {fill:.6g}, "
                               f"the fill given to test images without a prediction (the training prior or 0.5) - "
                               f"{LIKELY_CAUSE}; {FIX}")
+
+
+def warn_hard_labels(values: np.ndarray, comp: CompetitionConfig) -> None:
+    """Warn when a probability file holds only 0s and 1s and the metric scores probabilities (AUC, log loss)."""
+    if comp.metric in ("auc", "logloss") and np.isin(values, (0.0, 1.0)).all():
+        cost = "AUC scores the ranking, which hard labels throw away" if comp.metric == "auc" else \
+            "log loss punishes every wrong 0/1 without limit"
+        log.warning("every value is 0 or 1, though competition.submission_values is prob and the metric is %s: %s - "
+                    "submit the probabilities (competition.ensemble writes them), or set "
+                    "competition.submission_values: label if the competition wants labels", comp.metric, cost)
 
 
 def check_one_class(values: np.ndarray, comp: CompetitionConfig, evidence: Evidence) -> None:

@@ -203,3 +203,22 @@ def test_other_headers_get_no_index_or_case_hint(columns):
     from competition.submission import column_hint
 
     assert column_hint(columns, ["id", "label"]) == ""
+
+
+@pytest.mark.parametrize("damage", list(TEST_DAMAGE))
+@pytest.mark.parametrize("damaged", ["first", "second"])
+def test_two_members_with_different_test_ids_name_both_files_and_the_fix(project, damage, damaged):
+    old_run(project, "as saved", "old002")
+    saved = project / "experiments" / "old002" / "config.yaml"
+    saved.write_text(saved.read_text().replace(f"name: {NAME}", "name: old002", 1))
+    shutil.copy(saved, project / "experiments" / "old002.yaml")
+    names = [NAME, "old002"]
+    victim = names[0] if damaged == "first" else names[1]
+    TEST_DAMAGE[damage][0](project / "experiments" / victim / "test.csv")
+    result = call_kit(project, "competition.ensemble", *names, "--method", "mean", "--name", "b2", check=False)
+    line = error_line(result)
+    files = [str(project / "experiments" / n / "test.csv") for n in names]
+    assert f"{files[0]} and {files[1]}" in line and "list different test ids" in line
+    assert f"{victim}: `./run.sh assemble {victim}` rebuilds test.csv from its fold files" in line
+    call_kit(project, "competition.experiment", victim, "--assemble")  # the advised command repairs it
+    assert call_kit(project, "competition.ensemble", *names, "--method", "mean", "--name", "b2").returncode == 0

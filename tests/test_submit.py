@@ -120,3 +120,24 @@ def test_hanging_cli_times_out_with_a_warning_about_the_quota(kit):
     run, sub, _ = kit
     proc = run(str(sub), "-m", "x", mode="hang", timeout_s="2")
     assert proc.returncode == 2 and "MAY have gone through" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# hard 0/1 values in a probability file, several spellings, x the metric -> warned?
+HARD = {"ints": lambda n: np.arange(n) % 2, "floats": lambda n: (np.arange(n) % 2).astype(float),
+        "mostly ones": lambda n: (np.arange(n) > 1).astype(int)}
+
+
+@pytest.mark.parametrize("values", list(HARD))
+@pytest.mark.parametrize("metric,warned", [("auc", True), ("logloss", True), ("f1", False), ("accuracy", False)])
+def test_hard_labels_in_a_probability_file_are_warned_where_the_metric_scores_probabilities(kit, home, values,
+                                                                                             metric, warned):
+    run, sub, log = kit
+    comp = {"name": "tiny", "data_dir": str(home / "data"), "slug": "tiny-comp", "metric": metric}
+    write_yaml(home / "competition.yaml", {"competition": comp})
+    sample = pd.read_csv(home / "data" / "sample_submission.csv")
+    sample.assign(label=HARD[values](len(sample))).to_csv(sub, index=False)
+    proc = run(str(sub), "--dry-run")
+    assert proc.returncode == 0 and "dry run" in proc.stderr
+    assert ("every value is 0 or 1, though competition.submission_values is prob" in proc.stderr) is warned
+    sample.assign(label=np.linspace(0.1, 0.9, len(sample))).to_csv(sub, index=False)  # probabilities: never warned
+    assert "every value is 0 or 1" not in run(str(sub), "--dry-run").stderr
