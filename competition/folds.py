@@ -24,7 +24,7 @@ from competition.embed import embed_config
 from competition.grouping import components, compute_hashes, describe_groups, group_hashes, twin_pairs
 from competition.project import Project
 from competition.shift import refresh_shift
-from competition.tables import DataError, load_test_table, load_train_table
+from competition.tables import DataError, check_identical_files, data_dir, load_test_table, load_train_table
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,9 @@ def make_folds(cfg: Config, train: pd.DataFrame, project: Project) -> pd.DataFra
     if counts.min() < k:
         raise DataError(f"train.csv: {k} folds need at least {k} images of each class (0 = human, 1 = AI); got "
                         f"{counts.to_dict()} - add images of the missing class or check competition.label_column")
+    if "path" in train:  # byte-identical copies: contradicting labels refused, a leak across folds warned
+        root = data_dir(cfg.competition, project)
+        check_identical_files(train, root / cfg.competition.train_csv if cfg.competition.train_csv else root)
     folds = train[["id", "label"]].copy()
     folds["fold"] = -1
     groups = make_groups(cfg, train, project)

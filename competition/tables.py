@@ -8,6 +8,7 @@ reported naming the file, the first offending rows and the fix.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import logging
 import os
 from pathlib import Path, PurePosixPath
@@ -192,6 +193,43 @@ def _check_same_files(frame: pd.DataFrame, file: Path) -> None:
                         f"with the right label and drop the other")
     raise DataError(f"{file}: {desc} are the same image {path}, listed twice in different spellings{total} - drop "
                     f"all but one of them")
+
+
+def file_digest(path: str) -> str:
+    """sha1 of a file's bytes ('' when it cannot be read: the decoder reports it later)."""
+    digest = hashlib.sha1()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+def check_identical_files(train: pd.DataFrame, file: Path) -> None:
+    """Refuse byte-identical training images with contradicting labels, naming two rows; warn about identical
+    copies with one label (they leak across folds unless grouped). Only files whose size collides are hashed."""
+    sizes = train["path"].map(lambda p: os.path.getsize(p) if os.path.isfile(p) else -1)
+    same_size = train[sizes.duplicated(keep=False) & (sizes >= 0)]
+    if same_size.empty:
+        return
+    digests = same_size["path"].map(file_digest)
+    twins = (digests.duplicated(keep=False) & (digests != "")).to_numpy(dtype=bool)
+    if not twins.any():
+        return
+    copies = same_size[twins].assign(_digest=digests[twins].to_numpy())
+    labels = copies.groupby("_digest")["label"].nunique()
+    mixed = labels[labels > 1]
+    if len(mixed):
+        rows = copies[copies["_digest"] == mixed.index[0]]
+        shown = " and ".join(f"row {i + 1} ({r.id!r}, label {r.label})" for i, r in rows.head(2).iterrows())
+        more = f" ({len(mixed)} such files in all)" if len(mixed) > 1 else ""
+        raise DataError(f"{file}: {shown} are the same image (identical bytes) with contradicting labels{more} - keep "
+                        f"the row with the right label and drop the other")
+    log.warning("%s: %d training images are byte-identical copies of another with the same label (e.g. %s): in "
+                "different folds they leak validation answers - set folds.groups: phash (joins them) or drop the "
+                "copies", file, len(copies) - copies["_digest"].nunique(), ", ".join(copies["id"].head(2)))
 
 
 def _check_labels(frame: pd.DataFrame, file: Path, column: str) -> pd.Series:
