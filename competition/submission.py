@@ -26,6 +26,7 @@ import pandas as pd
 from competition.atomic import write_csv
 from competition.config import CompetitionConfig
 from competition.errors import KitError
+from competition.metrics import THRESHOLD_METRICS
 from competition.project import Project
 from competition.tables import load_sample_submission, load_test_table
 
@@ -203,7 +204,7 @@ def check_information(values: np.ndarray, ids: pd.Series, comp: CompetitionConfi
 
 def warn_hard_labels(values: np.ndarray, comp: CompetitionConfig) -> None:
     """Warn when a probability file holds only 0s and 1s and the metric scores probabilities (AUC, log loss)."""
-    if comp.metric in ("auc", "logloss") and np.isin(values, (0.0, 1.0)).all():
+    if comp.metric not in THRESHOLD_METRICS and np.isin(values, (0.0, 1.0)).all():  # auc, logloss
         cost = "AUC scores the ranking, which hard labels throw away" if comp.metric == "auc" else \
             "log loss punishes every wrong 0/1 without limit"
         log.warning("every value is 0 or 1, though competition.submission_values is prob and the metric is %s: %s - "
