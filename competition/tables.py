@@ -222,11 +222,13 @@ def check_identical_files(train: pd.DataFrame, file: Path) -> None:
     labels = copies.groupby("_digest")["label"].nunique()
     mixed = labels[labels > 1]
     if len(mixed):
-        rows = copies[copies["_digest"] == mixed.index[0]]
-        shown = " and ".join(f"row {i + 1} ({r.id!r}, label {r.label})" for i, r in rows.head(2).iterrows())
+        rows, table = copies[copies["_digest"] == mixed.index[0]], file.suffix.lower() != ""  # else class folders
+        shown = " and ".join(f"{f'row {i + 1} ' if table else ''}({r.id!r}, label {r.label})"
+                             for i, r in rows.head(2).iterrows())
         more = f" ({len(mixed)} such files in all)" if len(mixed) > 1 else ""
-        raise DataError(f"{file}: {shown} are the same image (identical bytes) with contradicting labels{more} - keep "
-                        f"the row with the right label and drop the other")
+        fix = "keep the row with the right label and drop the other" if table else \
+            "delete the copy in the wrong class folder"
+        raise DataError(f"{file}: {shown} are the same image (identical bytes) with contradicting labels{more} - {fix}")
     log.warning("%s: %d training images are byte-identical copies of another with the same label (e.g. %s): in "
                 "different folds they leak validation answers - set folds.groups: phash (joins them) or drop the "
                 "copies", file, len(copies) - copies["_digest"].nunique(), ", ".join(copies["id"].head(2)))

@@ -53,3 +53,25 @@ def test_identical_images_with_one_label_are_warned_and_the_folds_built(home, na
 def test_distinct_images_are_not_warned(home):
     result = call_kit(home, "competition.folds")
     assert "byte-identical" not in result.stderr and "identical bytes" not in result.stderr
+
+
+@pytest.mark.parametrize("copy_into", ["fake", "real"])
+def test_a_copy_in_the_other_class_folder_is_refused_with_the_folder_fix(tmp_path, copy_into):
+    from competition.config import CompetitionConfig
+    from competition.errors import DataError
+    from competition.project import Project
+    from competition.tables import check_identical_files, load_train_table
+    from tests.conftest import FACES
+
+    faces = pd.read_csv(FACES / "train.csv")
+    for cls, label in (("real", 0), ("fake", 1)):
+        (tmp_path / cls).mkdir()
+        for rel in faces.loc[faces["label"] == label, "file_name"].head(3):
+            shutil.copyfile(FACES / rel, tmp_path / cls / rel.split("/")[-1])
+    source = next((tmp_path / ("real" if copy_into == "fake" else "fake")).iterdir())
+    shutil.copyfile(source, tmp_path / copy_into / f"copy_{source.name}")
+    comp = CompetitionConfig(data_dir=str(tmp_path), train_csv="", class_folders={"real": 0, "fake": 1})
+    train = load_train_table(comp, Project(tmp_path))
+    with pytest.raises(DataError, match=r"are the same image \(identical bytes\) with contradicting labels - delete "
+                                        r"the copy in the wrong class folder"):
+        check_identical_files(train, tmp_path)
